@@ -22,8 +22,7 @@ use crate::certificate::{verify_commit, CommitCertificate, VoteData, VoteKind};
 use crate::codec::Canonical;
 use crate::crypto::{Hash, SigningKey};
 use crate::messages::{
-    Evidence, Message, MessageBody, Payload, ProposalData, Signed, SignedProposal,
-    SignedVote,
+    Evidence, Message, MessageBody, Payload, ProposalData, Signed, SignedProposal, SignedVote,
 };
 use crate::validators::{ValidatorSet, ValidatorSetError};
 
@@ -57,8 +56,9 @@ pub struct Config {
     /// Message storage for rounds below `round - past_round_window` is pruned.
     pub past_round_window: u32,
     /// Fault injection for the simulator's self-test: prevote as if never
-    /// locked. Honoured only in test builds and with feature
-    /// `fault-injection`; ignored otherwise.
+    /// locked and propose fresh values instead of the valid value (Tendermint
+    /// without its locking rules). Honoured only in test builds and with
+    /// feature `fault-injection`; ignored otherwise.
     #[doc(hidden)]
     pub unsafe_ignore_lock: bool,
 }
@@ -432,7 +432,9 @@ impl<V: Payload> Engine<V> {
             || state.locked.is_some_and(|(r, _)| r > state.round)
             || state.valid.as_ref().is_some_and(|(r, _)| *r > state.round)
         {
-            return Err(EngineError::CorruptState("messages outside the state's rounds"));
+            return Err(EngineError::CorruptState(
+                "messages outside the state's rounds",
+            ));
         }
         engine.round = state.round;
         engine.step = state.step;
@@ -629,7 +631,10 @@ impl<V: Payload> Engine<V> {
             return false;
         };
         match &message.body {
-            MessageBody::Proposal(p) => round.proposals.iter().any(|q| q.signed.data == p.signed.data),
+            MessageBody::Proposal(p) => round
+                .proposals
+                .iter()
+                .any(|q| q.signed.data == p.signed.data),
             // Same signer, round, kind and block: the same vote data (a
             // second signature over it adds nothing).
             MessageBody::Vote(v) => self
@@ -700,8 +705,8 @@ impl<V: Payload> Engine<V> {
             proposals.push(proposal.clone());
         }
         let hash = proposal.signed.data.value_hash;
-        if !self.validity.contains_key(&hash) {
-            self.validity.insert(hash, Validity::Pending);
+        if let std::collections::btree_map::Entry::Vacant(entry) = self.validity.entry(hash) {
+            entry.insert(Validity::Pending);
             self.out.push(Action::ValidateProposal {
                 height: self.height,
                 round,
@@ -865,7 +870,8 @@ impl<V: Payload> Engine<V> {
                 if !messages.proposals.is_empty() {
                     senders.insert(proposer_index(&self.set, self.height, round));
                 }
-                self.set.is_one_third(self.power_of(senders.iter().copied()))
+                self.set
+                    .is_one_third(self.power_of(senders.iter().copied()))
             })
             .map(|(&round, _)| round);
         match target {
@@ -883,7 +889,11 @@ impl<V: Payload> Engine<V> {
             return false;
         }
         // The first proposal received (a second one is equivocation).
-        let Some(proposal) = self.rounds.get(&self.round).and_then(|m| m.proposals.first()) else {
+        let Some(proposal) = self
+            .rounds
+            .get(&self.round)
+            .and_then(|m| m.proposals.first())
+        else {
             return false;
         };
         let hash = proposal.signed.data.value_hash;
@@ -1031,9 +1041,16 @@ impl<V: Payload> Engine<V> {
     fn resume_round(&mut self) {
         self.schedule(TimeoutKind::Propose);
         self.schedule(TimeoutKind::Rebroadcast);
-        if self.step == Step::Propose && self.is_proposer() && self.own_proposal_in(self.round).is_none()
+        if self.step == Step::Propose
+            && self.is_proposer()
+            && self.own_proposal_in(self.round).is_none()
         {
-            match self.valid.clone() {
+            let valid = if self.config.ignores_lock() {
+                None
+            } else {
+                self.valid.clone()
+            };
+            match valid {
                 // L15: re-propose the valid value with its proof-of-lock round.
                 Some((valid_round, value)) => {
                     self.sign_proposal(value, Some(valid_round));
@@ -1071,13 +1088,15 @@ impl<V: Payload> Engine<V> {
     /// and a validator locked on it would block progress forever.
     fn relay_proof_of_lock(&mut self) {
         for vote in &self.valid_pol {
-            self.out.push(Action::Broadcast(Message::vote(vote.clone())));
+            self.out
+                .push(Action::Broadcast(Message::vote(vote.clone())));
         }
     }
 
     fn resend_own_messages(&mut self) {
         for p in &self.own_proposals {
-            self.out.push(Action::Broadcast(Message::proposal(p.clone())));
+            self.out
+                .push(Action::Broadcast(Message::proposal(p.clone())));
         }
         for v in &self.own_votes {
             self.out.push(Action::Broadcast(Message::vote(v.clone())));
@@ -1129,7 +1148,8 @@ impl<V: Payload> Engine<V> {
         }
         self.own_proposals.push(proposal.clone());
         self.dirty = true;
-        self.out.push(Action::Broadcast(Message::proposal(proposal)));
+        self.out
+            .push(Action::Broadcast(Message::proposal(proposal)));
     }
 
     /// Signs and sends this validator's vote of `kind` in the current round.
@@ -1228,12 +1248,7 @@ impl<V: Payload> Engine<V> {
     }
 
     fn quorum_for(&self, votes: &VoteSlots, block: Option<Hash>) -> bool {
-        let power = self.power_of(
-            votes
-                .keys()
-                .filter(|(_, b)| *b == block)
-                .map(|&(i, _)| i),
-        );
+        let power = self.power_of(votes.keys().filter(|(_, b)| *b == block).map(|&(i, _)| i));
         self.set.is_quorum(power)
     }
 
@@ -1298,3 +1313,7 @@ impl<V: Payload> Engine<V> {
         assert!(self.own_votes.len() <= 4 && self.own_proposals.len() <= 2);
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -190,7 +190,10 @@ pub enum MessageError {
 
 /// Decodes a gossiped message, rejecting anything above `max_len` bytes
 /// before decoding (bounds the value a proposal may carry).
-pub fn decode_message<V: Payload>(bytes: &[u8], max_len: usize) -> Result<Message<V>, MessageError> {
+pub fn decode_message<V: Payload>(
+    bytes: &[u8],
+    max_len: usize,
+) -> Result<Message<V>, MessageError> {
     if bytes.len() > max_len {
         return Err(MessageError::TooLarge {
             found: bytes.len(),

@@ -122,7 +122,10 @@ fn main() -> ExitCode {
         }
         if !report.violations.is_empty() {
             violations += 1;
-            println!("seed {seed} FAILED (n={}, byzantine={:?}):", report.validators, report.byzantine);
+            println!(
+                "seed {seed} FAILED (n={}, byzantine={:?}):",
+                report.validators, report.byzantine
+            );
             for v in &report.violations {
                 println!("  {v}");
             }
@@ -134,7 +137,10 @@ fn main() -> ExitCode {
                 replay.push_str(f);
             }
             if options.sim.engine.unsafe_ignore_lock {
-                replay = replay.replace("-p keyreg-consensus", "-p keyreg-consensus --features fault-injection");
+                replay = replay.replace(
+                    "-p keyreg-consensus",
+                    "-p keyreg-consensus --features fault-injection",
+                );
             }
             println!("{replay}");
         }

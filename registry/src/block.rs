@@ -284,9 +284,7 @@ impl Block {
                 found: h.validator_set_hash,
             });
         }
-        let size = try_encode(self)
-            .map(|b| b.len())
-            .unwrap_or(usize::MAX);
+        let size = try_encode(self).map(|b| b.len()).unwrap_or(usize::MAX);
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge { size });
         }

@@ -117,7 +117,7 @@ impl Genesis {
 
     /// Sorts validators, organisations and admin keys into canonical order.
     pub fn normalise(&mut self) {
-        self.validators.sort_by(|a, b| a.key.cmp(&b.key));
+        self.validators.sort_by_key(|v| v.key);
         self.organisations.sort_by(|a, b| a.id.cmp(&b.id));
         for org in &mut self.organisations {
             org.admins.sort();

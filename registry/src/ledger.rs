@@ -150,6 +150,12 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(self.head_state().governance()?)
     }
 
+    /// The set that certifies block `height + 1` (light clients check it
+    /// against `header(height).next_validator_set_hash`).
+    pub fn validator_set_after(&self, height: u64) -> Result<ValidatorSet, LedgerError> {
+        Ok(self.state_at(height)?.validator_set()?)
+    }
+
     /// The validators (with network addresses) that certify the next block.
     pub fn validators(&self) -> Result<Vec<ValidatorInfo>, LedgerError> {
         Ok(self.head_state().validators()?)

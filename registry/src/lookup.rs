@@ -106,8 +106,10 @@ pub fn verify_device_proof(
         Some(record) => Some(record.to_bytes()),
         None => None,
     };
-    proof
-        .proof
-        .verify(&header.state_root, &proof.name.state_key(), value.as_deref())?;
+    proof.proof.verify(
+        &header.state_root,
+        &proof.name.state_key(),
+        value.as_deref(),
+    )?;
     Ok(proof.record.clone())
 }

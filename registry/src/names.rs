@@ -193,7 +193,17 @@ mod tests {
         for ok in ["a", "acme", "acme-corp", "x1", &"a".repeat(32)] {
             assert!(OrgId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "Acme", "a_b", "a/b", "a b", &"a".repeat(33), "é"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Acme",
+            "a_b",
+            "a/b",
+            "a b",
+            &"a".repeat(33),
+            "é",
+        ] {
             assert!(OrgId::new(bad).is_err(), "{bad}");
         }
     }
@@ -203,7 +213,16 @@ mod tests {
         let n = DeviceName::new("acme/sensor-1.a_b").unwrap();
         assert_eq!(n.org(), OrgId::new("acme").unwrap());
         assert_eq!(n.local(), "sensor-1.a_b");
-        for bad in ["acme", "acme/", "/x", "acme/x/y", "acme/.x", "acme/X", "-a/x", &format!("a/{}", "b".repeat(65))] {
+        for bad in [
+            "acme",
+            "acme/",
+            "/x",
+            "acme/x/y",
+            "acme/.x",
+            "acme/X",
+            "-a/x",
+            &format!("a/{}", "b".repeat(65)),
+        ] {
             assert!(DeviceName::new(bad).is_err(), "{bad}");
         }
     }
@@ -215,7 +234,10 @@ mod tests {
         assert!(serde_json::from_str::<OrgId>("\"-x\"").is_err());
         let n = DeviceName::new("acme/d1").unwrap();
         assert_eq!(decode::<DeviceName>(&encode(&n)).unwrap(), n);
-        assert_eq!(serde_json::from_str::<DeviceName>("\"acme/d1\"").unwrap(), n);
+        assert_eq!(
+            serde_json::from_str::<DeviceName>("\"acme/d1\"").unwrap(),
+            n
+        );
     }
 
     #[test]

@@ -88,7 +88,10 @@ impl<'de> Deserialize<'de> for AgreementKey {
 pub enum DeviceStatus {
     Active,
     /// Terminal: a revoked name is never registered again.
-    Revoked { height: u64, reason: String },
+    Revoked {
+        height: u64,
+        reason: String,
+    },
 }
 
 /// One device's registry entry.
@@ -136,7 +139,9 @@ pub enum OrgStatus {
     Active,
     /// Terminal: a removed organisation's id is never reused, so its device
     /// names stay unique forever.
-    Removed { height: u64 },
+    Removed {
+        height: u64,
+    },
 }
 
 /// One consortium member.

@@ -84,12 +84,22 @@ pub struct Revocation {
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub enum GovernanceAction {
-    AddOrg { org: OrgId, admins: Vec<PublicKey> },
+    AddOrg {
+        org: OrgId,
+        admins: Vec<PublicKey>,
+    },
     /// Only when the org has no active devices; the id is never reused.
-    RemoveOrg { org: OrgId },
-    SetOrgAdmins { org: OrgId, admins: Vec<PublicKey> },
+    RemoveOrg {
+        org: OrgId,
+    },
+    SetOrgAdmins {
+        org: OrgId,
+        admins: Vec<PublicKey>,
+    },
     /// Replaces the validator set from the next height on (epoch + 1).
-    SetValidators { validators: Vec<ValidatorInfo> },
+    SetValidators {
+        validators: Vec<ValidatorInfo>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
@@ -174,7 +184,11 @@ pub enum TxError {
     #[error("transaction is for chain {found:?}, this is {expected:?}")]
     WrongChain { expected: String, found: String },
     #[error("{what:?} size {size} exceeds the limit {max}")]
-    TooLarge { what: SizeLimit, size: u64, max: u64 },
+    TooLarge {
+        what: SizeLimit,
+        size: u64,
+        max: u64,
+    },
     #[error("unknown organisation {0}")]
     UnknownOrg(OrgId),
     #[error("organisation {0} was removed")]
@@ -334,11 +348,15 @@ pub fn check_metadata(metadata: &Metadata) -> Result<(), TxError> {
 /// Checks an admin key list: 1..=MAX_ADMINS keys, sorted, distinct.
 pub fn check_admin_list(admins: &[PublicKey]) -> Result<(), TxError> {
     if admins.is_empty() {
-        return Err(TxError::Malformed("an organisation needs an admin key".into()));
+        return Err(TxError::Malformed(
+            "an organisation needs an admin key".into(),
+        ));
     }
     check_len(SizeLimit::Admins, admins.len(), MAX_ADMINS)?;
     if !admins.windows(2).all(|w| w[0] < w[1]) {
-        return Err(TxError::Malformed("admin keys must be sorted and distinct".into()));
+        return Err(TxError::Malformed(
+            "admin keys must be sorted and distinct".into(),
+        ));
     }
     Ok(())
 }
@@ -440,7 +458,11 @@ impl Transaction {
             self.signatures.len(),
             MAX_TX_SIGNATURES,
         )?;
-        if !self.signatures.windows(2).all(|w| w[0].signer < w[1].signer) {
+        if !self
+            .signatures
+            .windows(2)
+            .all(|w| w[0].signer < w[1].signer)
+        {
             return Err(TxError::Malformed(
                 "signatures must be sorted by signer and distinct".into(),
             ));

@@ -33,7 +33,7 @@ use keyreg_consensus::{
 };
 use keyreg_registry::block::MAX_BLOCK_BYTES;
 use keyreg_registry::execute::BlockExecution;
-use keyreg_registry::{Block, CommittedBlock, Transaction};
+use keyreg_registry::{Block, CommittedBlock, LedgerStore, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 

@@ -42,7 +42,32 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
 /// Writes `key`'s seed to a new file at `path` with mode 0600. Never
 /// overwrites an existing file.
 pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
-    let mut file = OpenOptions::new()
+    let mut file = create_private(path)?;
+    file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(path))
+}
+
+/// Writes an organisation admin's key in the `keyreg` CLI's admin key file
+/// format (JSON, mode 0600), for `dev` and `testnet` to hand out.
+pub fn write_admin_key_file(path: &Path, org: &str, key: &SigningKey) -> Result<(), KeyFileError> {
+    let json = serde_json::json!({
+        "kind": "keyreg-admin-key",
+        "version": 1,
+        "org": org,
+        "public_key": key.public().to_hex(),
+        "signing_seed": hex::encode(key.seed()),
+    });
+    let text = format!("{json:#}\n");
+    let mut file = create_private(path)?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error(path))
+}
+
+fn create_private(path: &Path) -> Result<std::fs::File, KeyFileError> {
+    // The mode is filtered by the umask, which can only remove bits.
+    OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
@@ -52,11 +77,7 @@ pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError>
                 path: path.to_path_buf(),
             },
             _ => io_error(path)(e),
-        })?;
-    // The mode above is filtered by the umask, which can only remove bits.
-    file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(io_error(path))
+        })
 }
 
 /// Reads a key file written by [`write_key_file`], refusing it when group

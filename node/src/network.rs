@@ -683,8 +683,13 @@ impl SwarmTask {
     fn emit(&self, event: NetworkEvent) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
             // Lossy by design: the consumer is behind; consensus recovers
-            // lost messages through round timeouts and block sync.
-            tracing::warn!(?event, "network event queue full; event dropped");
+            // lost messages through rebroadcasts and block sync.
+            let kind = match event {
+                NetworkEvent::Gossip { .. } => "gossip",
+                NetworkEvent::InboundRequest { .. } => "sync request",
+                NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => "peer",
+            };
+            tracing::warn!(kind, "network event queue full; event dropped");
         }
     }
 

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
 
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::{Hash, PublicKey, SigningKey, ValidatorSet};
@@ -455,18 +454,19 @@ async fn route_network_events(
                     ..
                 } => tx_batch.push(data),
                 NetworkEvent::InboundRequest { id, data, .. } => {
-                    let reply = {
-                        let shared = shared.clone();
-                        tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await
-                    };
-                    match reply {
-                        Ok(reply) => {
-                            if shared.network.respond(id, reply).await.is_err() {
-                                return;
+                    // Served off this loop; at most the network's bound on
+                    // unanswered requests run at once.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let network = shared.network.clone();
+                        match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await {
+                            // A failed respond means the network is stopping.
+                            Ok(reply) => {
+                                let _ = network.respond(id, reply).await;
                             }
+                            Err(e) => tracing::error!(error = %e, "sync server task failed"),
                         }
-                        Err(e) => tracing::error!(error = %e, "sync server task failed"),
-                    }
+                    });
                 }
                 NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => {
                     shared

@@ -90,9 +90,8 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
             head_hash: ledger.head().hash(),
         }),
         SyncQuery::Blocks { from, limit } => {
-            let last = ledger
-                .height()
-                .min(from.saturating_add(u64::from(limit.min(MAX_BLOCKS_PER_RESPONSE))) - 1);
+            let count = u64::from(limit.clamp(1, MAX_BLOCKS_PER_RESPONSE));
+            let last = ledger.height().min(from.saturating_add(count - 1));
             let mut blocks = Vec::new();
             // Room for the response envelope and the length prefixes.
             let mut budget = MAX_RESPONSE_BYTES - 1024;

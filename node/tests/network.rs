@@ -90,15 +90,13 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
     let mut outsider = start(4, &everyone, vec![a_addr.clone()]).await;
     outsider.handle.dial(dial_addr(&b.handle)).await.unwrap();
 
-    eventually("a sees both validators subscribed to consensus", || async {
-        let s = a.handle.status().await.unwrap();
-        s.topic_peers.get("consensus") == Some(&2) && s.connected.len() == 2
-    })
-    .await;
-    eventually("b sees both validators", || async {
-        b.handle.status().await.unwrap().topic_peers.get("consensus") == Some(&2)
-    })
-    .await;
+    for (name, handle) in [("a", &a.handle), ("b", &b.handle), ("c", &c.handle)] {
+        eventually(&format!("{name} sees both others subscribed"), move || async move {
+            let s = handle.status().await.unwrap();
+            s.topic_peers.get("consensus") == Some(&2) && s.connected.len() == 2
+        })
+        .await;
+    }
 
     // Gossip from a reaches b and c, with a as the source.
     a.handle
@@ -136,6 +134,7 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
 
     // Request-response: b asks c; c answers from its event loop.
     let c_handle = c.handle.clone();
+    let c_peer = c_handle.local_peer_id();
     let responder = tokio::spawn(async move {
         loop {
             match c.events.recv().await {
@@ -152,17 +151,23 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
     });
     let response = b
         .handle
-        .request(c.handle.local_peer_id(), b"blocks 1..5".to_vec())
+        .request(c_peer, b"blocks 1..5".to_vec())
         .await
         .unwrap();
     assert_eq!(response, b"echo:blocks 1..5");
     let c = responder.await.unwrap();
 
-    // The outsider never got a connection, nor any of the messages above.
-    assert_eq!(outsider.handle.status().await.unwrap().connected.len(), 0);
-    assert_eq!(outsider.handle.connected_peers(), 0);
+    // The outsider never got any of the messages above. (It may see a
+    // connection for an instant: the remote completes the Noise handshake
+    // to learn who is knocking, then drops it.)
     while let Ok(event) = outsider.events.try_recv() {
-        panic!("outsider received {event:?}");
+        assert!(
+            matches!(
+                event,
+                NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_)
+            ),
+            "outsider received {event:?}"
+        );
     }
     assert!(outsider
         .handle
@@ -178,13 +183,9 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
 
     // Removing c from a's allow-list closes their connection.
     a.handle.set_allowed(validators[..2].iter().map(SigningKey::public).collect()).await.unwrap();
-    eventually("a drops c", || async {
-        !a.handle
-            .status()
-            .await
-            .unwrap()
-            .connected
-            .contains(&c.handle.local_peer_id())
+    let (a_handle, c_peer) = (&a.handle, c.handle.local_peer_id());
+    eventually("a drops c", move || async move {
+        !a_handle.status().await.unwrap().connected.contains(&c_peer)
     })
     .await;
 

@@ -179,7 +179,7 @@ async fn submit_transaction(
     let bytes = hex::decode(&body.tx)
         .map_err(|e| ApiError::bad_request("bad_hex", format!("tx is not hex: {e}")))?;
     let (hash, bytes) = blocking(&shared, move |shared| {
-        let verdict = shared.submit_batch(&[&bytes]).pop();
+        let verdict = shared.submit_batch(&[bytes.as_slice()]).pop();
         match verdict {
             Some(Ok(hash)) => Ok((hash, bytes)),
             Some(Err(e)) => Err(submit_error(e)),

@@ -141,7 +141,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "{}  {}  p2p {}  api {}",
                     n.home.display(),
-                    if n.validator { "validator" } else { "observer " },
+                    if n.validator {
+                        "validator"
+                    } else {
+                        "observer "
+                    },
                     n.p2p_address,
                     n.api_listen
                 );
@@ -360,7 +364,11 @@ pub fn generate_testnet(spec: &TestnetSpec, out: &Path) -> anyhow::Result<Vec<Te
             .enumerate()
             .filter(|(j, (n, _))| *j != i && n.validator)
             .map(|(_, (n, k))| -> anyhow::Result<String> {
-                Ok(format!("{}/p2p/{}", n.p2p_address, peer_id_of(&k.public())?))
+                Ok(format!(
+                    "{}/p2p/{}",
+                    n.p2p_address,
+                    peer_id_of(&k.public())?
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         config.p2p.observer_keys = observer_keys.clone();

@@ -40,7 +40,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub p2p: P2pConfig,
@@ -123,17 +123,6 @@ impl Default for MempoolConfig {
         MempoolConfig {
             max_txs: 20_000,
             max_bytes: 64 << 20,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            p2p: P2pConfig::default(),
-            api: ApiConfig::default(),
-            consensus: ConsensusConfig::default(),
-            mempool: MempoolConfig::default(),
         }
     }
 }
@@ -250,8 +239,11 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_bad_values() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(CONFIG_FILE), "[api]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n")
-            .unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "[api]\nlisten = \"127.0.0.1:1\"\ntypo = 1\n",
+        )
+        .unwrap();
         assert!(matches!(
             Config::load(dir.path()),
             Err(ConfigError::Parse { .. })

@@ -246,9 +246,7 @@ impl Driver {
             });
             self.execute(actions).await?;
             if self.shared.height() < height {
-                return Ok(Err(format!(
-                    "block {height}: certificate does not verify"
-                )));
+                return Ok(Err(format!("block {height}: certificate does not verify")));
             }
         }
         Ok(Ok(self.shared.height()))
@@ -281,8 +279,8 @@ impl Driver {
             return Ok(());
         };
         let now = Instant::now();
-        let ready = now >= pending.latest
-            || (now >= pending.earliest && self.shared.mempool_len() > 0);
+        let ready =
+            now >= pending.latest || (now >= pending.earliest && self.shared.mempool_len() > 0);
         if ready {
             self.start_next_height().await?;
         }
@@ -439,7 +437,10 @@ impl Driver {
             self.shared.metrics.mempool_size.set(mempool.len() as i64);
         }
         self.shared.metrics.commits.inc();
-        self.shared.metrics.transactions.inc_by(tx_hashes.len() as u64);
+        self.shared
+            .metrics
+            .transactions
+            .inc_by(tx_hashes.len() as u64);
         tracing::info!(height, txs = tx_hashes.len(), hash = %block_hash, "committed");
 
         if next_set.epoch != old_epoch {
@@ -454,7 +455,11 @@ impl Driver {
                 .set_allowed(self.shared.allowed_keys(&next_set))
                 .await?;
             self.dial_validators().await;
-            tracing::info!(epoch = next_set.epoch, validators = next_set.len(), "epoch change");
+            tracing::info!(
+                epoch = next_set.epoch,
+                validators = next_set.len(),
+                "epoch change"
+            );
         }
 
         let now = Instant::now();

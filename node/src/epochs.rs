@@ -40,12 +40,14 @@ fn key(epoch: u64) -> Vec<u8> {
 fn load(ledger: &Ledger<Store>, epoch: u64) -> Result<Option<EpochEntry>, StoreError> {
     match ledger.store().get_meta(&key(epoch))? {
         None => Ok(None),
-        Some(bytes) => EpochEntry::from_bytes(&bytes)
-            .map(Some)
-            .map_err(|source| StoreError::Corrupt {
-                what: "epoch index entry",
-                source,
-            }),
+        Some(bytes) => {
+            EpochEntry::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    what: "epoch index entry",
+                    source,
+                })
+        }
     }
 }
 
@@ -61,7 +63,9 @@ pub fn record(
         handover_height,
         validator_set: set.clone(),
     };
-    ledger.store_mut().put_meta(&key(epoch), &entry.to_bytes())?;
+    ledger
+        .store_mut()
+        .put_meta(&key(epoch), &entry.to_bytes())?;
     Ok(())
 }
 
@@ -90,7 +94,10 @@ pub fn lookup(
 /// back from the head; a missing entry is always for the newest epochs).
 pub fn repair(ledger: &mut Ledger<Store>) -> Result<(), NodeError> {
     if load(ledger, 0)?.is_none() {
-        let genesis_set = ledger.state_at(0)?.validator_set().map_err(LedgerError::from)?;
+        let genesis_set = ledger
+            .state_at(0)?
+            .validator_set()
+            .map_err(LedgerError::from)?;
         record(ledger, 0, 0, &genesis_set)?;
     }
     let current = ledger.validator_set().epoch;

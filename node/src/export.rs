@@ -78,8 +78,6 @@ pub fn export(ledger: &Ledger<Store>, path: &Path) -> Result<u64, ExportError> {
             .ok_or(ExportError::Missing(height))?;
         write_frame(&mut out, &block.to_bytes())?;
     }
-    out.into_inner()
-        .map_err(|e| e.into_error())?
-        .sync_all()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     Ok(last_height)
 }

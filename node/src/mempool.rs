@@ -185,7 +185,10 @@ mod tests {
         for n in 1..=3 {
             p.insert(TestTx::new(n, 10)).unwrap();
         }
-        assert_eq!(p.insert(TestTx::new(1, 10)), Err(MempoolError::AlreadyKnown));
+        assert_eq!(
+            p.insert(TestTx::new(1, 10)),
+            Err(MempoolError::AlreadyKnown)
+        );
         assert_eq!(p.insert(TestTx::new(9, 10)), Err(MempoolError::Busy));
         assert!(matches!(
             p.precheck(&TestTx::new(9, 101)),

@@ -35,7 +35,11 @@ impl Metrics {
         let round_timeouts = Counter::default();
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
-        registry.register("height", "Height of the latest committed block", height.clone());
+        registry.register(
+            "height",
+            "Height of the latest committed block",
+            height.clone(),
+        );
         registry.register("commits", "Blocks committed", commits.clone());
         registry.register(
             "transactions",

@@ -427,8 +427,9 @@ fn build_behaviour(
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| NetworkError::Transport(format!("gossipsub config: {e}")))?;
-    let gossip = gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), gossip_config)
-        .map_err(|e| NetworkError::Transport(format!("gossipsub: {e}")))?;
+    let gossip =
+        gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), gossip_config)
+            .map_err(|e| NetworkError::Transport(format!("gossipsub: {e}")))?;
 
     let sync_protocol = StreamProtocol::try_from_owned(format!("/keyreg/{chain_id}/sync/1"))
         .map_err(|e| NetworkError::Transport(format!("sync protocol name: {e}")))?;
@@ -491,10 +492,12 @@ pub async fn start(key: &SigningKey, config: NetworkConfig) -> Result<Network, N
             .map_err(|e| NetworkError::Transport(format!("subscribe: {e}")))?;
     }
     for addr in &config.listen {
-        swarm.listen_on(addr.clone()).map_err(|e| NetworkError::Listen {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
     }
     let listen_addrs = wait_for_listen_addrs(&mut swarm, config.listen.len()).await?;
 
@@ -579,7 +582,9 @@ async fn resolve_dns(addr: &Multiaddr) -> Vec<Multiaddr> {
     resolved
         .filter(|sa| (sa.is_ipv4() && want_v4) || (sa.is_ipv6() && want_v6))
         .map(|sa| {
-            let mut out = Multiaddr::empty().with(sa.ip().into()).with(Protocol::Tcp(port));
+            let mut out = Multiaddr::empty()
+                .with(sa.ip().into())
+                .with(Protocol::Tcp(port));
             for p in &rest {
                 out.push(p.clone());
             }
@@ -777,30 +782,28 @@ impl SwarmTask {
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
+            // Only the first connection to a peer and the last one closing
+            // change who is connected.
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 num_established,
                 ..
-            } => {
-                if num_established.get() == 1 {
-                    self.connected_peers
-                        .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
-                    tracing::info!(peer = %peer_id, "peer connected");
-                    self.emit(NetworkEvent::PeerConnected(peer_id));
-                }
+            } if num_established.get() == 1 => {
+                self.connected_peers
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                tracing::info!(peer = %peer_id, "peer connected");
+                self.emit(NetworkEvent::PeerConnected(peer_id));
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
             } => {
-                if num_established == 0 {
-                    self.connected_peers
-                        .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
-                    tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
-                    self.emit(NetworkEvent::PeerDisconnected(peer_id));
-                }
+                self.connected_peers
+                    .store(self.swarm.connected_peers().count(), Ordering::Relaxed);
+                tracing::info!(peer = %peer_id, cause = ?cause, "peer disconnected");
+                self.emit(NetworkEvent::PeerDisconnected(peer_id));
             }
             SwarmEvent::IncomingConnectionError { error, .. } => {
                 tracing::debug!(%error, "incoming connection refused or failed");

@@ -201,7 +201,8 @@ impl Shared {
         if bytes.len() > MAX_TX_BYTES {
             return Err(SubmitError::TooLarge(bytes.len()));
         }
-        let tx = Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
+        let tx =
+            Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
         let pooled = PooledTx {
             hash: tx.hash(),
             size: bytes.len(),
@@ -251,8 +252,9 @@ impl RunningNode {
     /// This node's dialable address (first listen address plus `/p2p/<id>`).
     pub fn p2p_dial_addr(&self) -> Option<Multiaddr> {
         self.p2p_addrs.first().map(|a| {
-            a.clone()
-                .with(libp2p::multiaddr::Protocol::P2p(self.shared.network.local_peer_id()))
+            a.clone().with(libp2p::multiaddr::Protocol::P2p(
+                self.shared.network.local_peer_id(),
+            ))
         })
     }
 
@@ -313,14 +315,15 @@ async fn start_with(
     let set = ledger.validator_set().clone();
     let mut allowed: BTreeSet<PublicKey> = set.validators().iter().map(|v| v.key).collect();
     allowed.extend(config.p2p.observer_keys.iter().copied());
-    let listen: Multiaddr = config
-        .p2p
-        .listen
-        .parse()
-        .map_err(|e| crate::config::ConfigError::Invalid {
-            key: "p2p.listen",
-            reason: format!("{e}"),
-        })?;
+    let listen: Multiaddr =
+        config
+            .p2p
+            .listen
+            .parse()
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                key: "p2p.listen",
+                reason: format!("{e}"),
+            })?;
     let persistent_peers = config
         .p2p
         .persistent_peers
@@ -370,12 +373,10 @@ async fn start_with(
             addr: config.api.listen,
             source,
         })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| NodeError::ApiBind {
-            addr: config.api.listen,
-            source,
-        })?;
+    let api_addr = listener.local_addr().map_err(|source| NodeError::ApiBind {
+        addr: config.api.listen,
+        source,
+    })?;
     let router = api::router(shared.clone());
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
@@ -459,7 +460,8 @@ async fn route_network_events(
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         let network = shared.network.clone();
-                        match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await {
+                        match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await
+                        {
                             // A failed respond means the network is stopping.
                             Ok(reply) => {
                                 let _ = network.respond(id, reply).await;

@@ -126,7 +126,11 @@ enum FetchError {
     Unexpected,
 }
 
-async fn ask(network: &NetworkHandle, peer: PeerId, query: SyncQuery) -> Result<SyncReply, FetchError> {
+async fn ask(
+    network: &NetworkHandle,
+    peer: PeerId,
+    query: SyncQuery,
+) -> Result<SyncReply, FetchError> {
     let request = SyncRequest {
         version: SyncRequest::VERSION,
         query,

@@ -22,7 +22,8 @@ use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
 use keyreg_registry::{
     verify_device_proof, Authority, CommittedBlock, DeviceName, DeviceProof, DeviceRegistration,
-    DeviceStatus, Genesis, GovernanceAction, Revocation, Rotation, Transaction, TxBody, ValidatorInfo,
+    DeviceStatus, Genesis, GovernanceAction, Revocation, Rotation, Transaction, TxBody,
+    ValidatorInfo,
 };
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -69,7 +70,10 @@ fn call(request: ureq::Request, body: Option<Value>) -> (u16, Value) {
     };
     let status = response.status();
     let text = response.into_string().unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
 async fn get(api: SocketAddr, path: &str) -> (u16, Value) {
@@ -124,7 +128,10 @@ async fn wait_committed(api: SocketAddr, hash: Hash) {
             Some("committed") => return,
             // Unknown here yet (gossip in flight) or still pending.
             None | Some("pending") => {
-                assert!(Instant::now() < deadline, "transaction {hash} not committed");
+                assert!(
+                    Instant::now() < deadline,
+                    "transaction {hash} not committed"
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Some(_) => panic!("transaction {hash} not committed: {body}"),
@@ -177,10 +184,20 @@ async fn verify_chain(api: SocketAddr, genesis: &Genesis) -> (u64, u64) {
                     .unwrap();
             let header = &committed.block.header;
             assert_eq!(header.height, height + 1);
-            assert_eq!(header.prev_hash, prev_hash, "hash chain broken at {}", header.height);
+            assert_eq!(
+                header.prev_hash, prev_hash,
+                "hash chain broken at {}",
+                header.height
+            );
             assert_eq!(header.validator_set_hash, set.hash());
-            verify_commit(CHAIN, &set, header.height, &header.hash(), &committed.certificate)
-                .unwrap_or_else(|e| panic!("block {}: {e}", header.height));
+            verify_commit(
+                CHAIN,
+                &set,
+                header.height,
+                &header.hash(),
+                &committed.certificate,
+            )
+            .unwrap_or_else(|e| panic!("block {}: {e}", header.height));
             if header.changes_validators() {
                 let (_, next) = get(api, &format!("/v1/epochs/{}", set.epoch + 1)).await;
                 let next_set = ValidatorSet::from_bytes(
@@ -188,7 +205,10 @@ async fn verify_chain(api: SocketAddr, genesis: &Genesis) -> (u64, u64) {
                 )
                 .unwrap();
                 assert_eq!(next_set.hash(), header.next_validator_set_hash);
-                assert_eq!(next["handover"].as_str().unwrap(), hex_block.as_str().unwrap());
+                assert_eq!(
+                    next["handover"].as_str().unwrap(),
+                    hex_block.as_str().unwrap()
+                );
                 set = next_set;
                 changes += 1;
             }
@@ -261,7 +281,10 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
         Transaction::new(CHAIN, TxBody::RegisterDevice(registration)).signed_by(&[&admin]);
     let hash = submit(api(&nodes, 0), &register).await;
     let (status, body) = post(api(&nodes, 0), "/v1/transactions", tx_body(&register)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("already_known")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_known"))
+    );
     wait_committed(api(&nodes, 2), hash).await;
     let set = current_set(api(&nodes, 3)).await;
     let record = lookup(api(&nodes, 3), "demo/sensor-1", &set).await.unwrap();
@@ -280,7 +303,10 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     )
     .signed_by(&[&admin]);
     let (status, body) = post(api(&nodes, 1), "/v1/transactions", tx_body(&foreign)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("wrong_chain")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("wrong_chain"))
+    );
 
     // Rotate to the committed key, through node 1.
     let rotate = Transaction::new(
@@ -318,11 +344,17 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     // Every node has the same header (hence block hash and state root) at a
     // common height. Certificates may differ: each node keeps the quorum of
     // precommits it collected.
-    let common = (0..4).map(|i| node(&nodes, i).shared.height()).min().unwrap();
+    let common = (0..4)
+        .map(|i| node(&nodes, i).shared.height())
+        .min()
+        .unwrap();
     let (_, reference) = get(api(&nodes, 0), &format!("/v1/blocks/{common}")).await;
     for i in 1..4 {
         let (_, block) = get(api(&nodes, i), &format!("/v1/blocks/{common}")).await;
-        assert_eq!(block["header"], reference["header"], "node {i} differs at {common}");
+        assert_eq!(
+            block["header"], reference["header"],
+            "node {i} differs at {common}"
+        );
     }
 
     // Stop validator 3: the other three (> 2/3) keep committing.
@@ -356,9 +388,17 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     nodes.push(Some(start(&fifth_home).await));
     let probe_from = node(&nodes, 0).shared.height();
     // Several redial rounds of the fifth node pass while the chain advances.
-    wait_height("chain advances while the outsider knocks", node(&nodes, 0), probe_from + 5)
-        .await;
-    assert_eq!(node(&nodes, 4).shared.height(), 0, "the outsider synced nothing");
+    wait_height(
+        "chain advances while the outsider knocks",
+        node(&nodes, 0),
+        probe_from + 5,
+    )
+    .await;
+    assert_eq!(
+        node(&nodes, 4).shared.height(),
+        0,
+        "the outsider synced nothing"
+    );
     for i in 0..4 {
         let (_, status) = get(api(&nodes, i), "/v1/status").await;
         assert_eq!(status["peers"], 3, "node {i} must not count the outsider");
@@ -371,7 +411,7 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
         .map(|(home, n)| ValidatorInfo::new(node_key(home).unwrap().public(), 1, &n.p2p_address))
         .collect();
     validators.push(ValidatorInfo::new(fifth_key.public(), 1, &fifth_address));
-    validators.sort_by(|a, b| a.key.cmp(&b.key));
+    validators.sort_by_key(|v| v.key);
     let govern = Transaction::new(
         CHAIN,
         TxBody::Governance {
@@ -383,10 +423,13 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     let hash = submit(api(&nodes, 0), &govern).await;
     wait_committed(api(&nodes, 0), hash).await;
     let fifth_api = api(&nodes, 4);
-    wait_for("the fifth validator syncs and is in the set", move || async move {
-        let (_, status) = get(fifth_api, "/v1/status").await;
-        status["is_validator"] == true && status["epoch"] == 1
-    })
+    wait_for(
+        "the fifth validator syncs and is in the set",
+        move || async move {
+            let (_, status) = get(fifth_api, "/v1/status").await;
+            status["is_validator"] == true && status["epoch"] == 1
+        },
+    )
     .await;
     let caught_up = node(&nodes, 1).shared.height();
     wait_height("the fifth validator catches up", node(&nodes, 4), caught_up).await;
@@ -395,7 +438,12 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     // fifth votes, so progress proves it does.
     let before = node(&nodes, 1).shared.height();
     nodes[0].take().unwrap().stop().await.unwrap();
-    wait_height("progress needs the fifth's votes", node(&nodes, 1), before + 3).await;
+    wait_height(
+        "progress needs the fifth's votes",
+        node(&nodes, 1),
+        before + 3,
+    )
+    .await;
     let (_, latest) = get(api(&nodes, 1), &format!("/v1/blocks/{}", before + 3)).await;
     let latest =
         CommittedBlock::from_bytes(&hex::decode(latest["block"].as_str().unwrap()).unwrap())

@@ -53,7 +53,11 @@ fn spawn(home: &Path) -> Child {
 fn free_base_port(count: u16) -> u16 {
     let seed = std::process::id() as u16;
     for attempt in 0..500u16 {
-        let base = 20_000 + (seed.wrapping_mul(13).wrapping_add(attempt.wrapping_mul(101))) % 30_000;
+        let base = 20_000
+            + (seed
+                .wrapping_mul(13)
+                .wrapping_add(attempt.wrapping_mul(101)))
+                % 30_000;
         if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
@@ -101,7 +105,12 @@ fn registration(admin: &SigningKey, n: usize) -> Transaction {
         name,
         &device,
         test_agreement_key(&format!("crash-{n}")),
-        Some(SigningKey::generate().unwrap().public().digest(Domain::DeviceKey)),
+        Some(
+            SigningKey::generate()
+                .unwrap()
+                .public()
+                .digest(Domain::DeviceKey),
+        ),
         None,
         Default::default(),
     );

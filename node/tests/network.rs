@@ -91,10 +91,13 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
     outsider.handle.dial(dial_addr(&b.handle)).await.unwrap();
 
     for (name, handle) in [("a", &a.handle), ("b", &b.handle), ("c", &c.handle)] {
-        eventually(&format!("{name} sees both others subscribed"), move || async move {
-            let s = handle.status().await.unwrap();
-            s.topic_peers.get("consensus") == Some(&2) && s.connected.len() == 2
-        })
+        eventually(
+            &format!("{name} sees both others subscribed"),
+            move || async move {
+                let s = handle.status().await.unwrap();
+                s.topic_peers.get("consensus") == Some(&2) && s.connected.len() == 2
+            },
+        )
         .await;
     }
 
@@ -176,13 +179,14 @@ async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
         .is_err());
     for net in [&a, &b, &c] {
         let status = net.handle.status().await.unwrap();
-        assert!(!status
-            .connected
-            .contains(&outsider.handle.local_peer_id()));
+        assert!(!status.connected.contains(&outsider.handle.local_peer_id()));
     }
 
     // Removing c from a's allow-list closes their connection.
-    a.handle.set_allowed(validators[..2].iter().map(SigningKey::public).collect()).await.unwrap();
+    a.handle
+        .set_allowed(validators[..2].iter().map(SigningKey::public).collect())
+        .await
+        .unwrap();
     let (a_handle, c_peer) = (&a.handle, c.handle.local_peer_id());
     eventually("a drops c", move || async move {
         !a_handle.status().await.unwrap().connected.contains(&c_peer)

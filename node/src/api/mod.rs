@@ -299,7 +299,9 @@ async fn blocks_page(
             let committed = ledger
                 .committed_block(next)
                 .map_err(ledger_error)?
-                .ok_or_else(|| ApiError::internal(format!("block {next} missing below the head")))?;
+                .ok_or_else(|| {
+                    ApiError::internal(format!("block {next} missing below the head"))
+                })?;
             let encoded = hex::encode(committed.to_bytes());
             hex_bytes += encoded.len();
             blocks.push(encoded);
@@ -338,10 +340,7 @@ mod tests {
     #[test]
     fn tx_error_codes_are_snake_case_variant_names() {
         assert_eq!(tx_error_code(&TxError::Replay), "replay");
-        assert_eq!(
-            tx_error_code(&TxError::Malformed("x".into())),
-            "malformed"
-        );
+        assert_eq!(tx_error_code(&TxError::Malformed("x".into())), "malformed");
         assert_eq!(
             tx_error_code(&TxError::WrongChain {
                 expected: "a".into(),

@@ -61,9 +61,7 @@ const PACING_TICK: Duration = Duration::from_millis(20);
 
 /// Identical consensus payloads are deduplicated for half the rebroadcast
 /// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
-pub fn duplicate_window(_: &ConsensusConfig) -> Duration {
-    Duration::from_millis(REBROADCAST_MS / 2)
-}
+pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(REBROADCAST_MS / 2);
 
 /// A block as the engine's value: consensus votes for its header hash.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]

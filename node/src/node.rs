@@ -337,7 +337,7 @@ async fn start_with(
             listen: vec![listen],
             persistent_peers,
             allowed_keys: allowed.into_iter().collect(),
-            duplicate_window: driver::duplicate_window(&config.consensus),
+            duplicate_window: driver::DUPLICATE_WINDOW,
         },
     )
     .await?;

@@ -1,6 +1,7 @@
-//! A 4-validator network of in-process nodes over real libp2p on loopback,
-//! driven through the HTTP API: devices are registered, rotated and revoked;
-//! every node agrees; a stopped validator does not stop the others and
+//! A 4-validator network (plus an observer) of in-process nodes over real
+//! libp2p on loopback, driven through the HTTP API: devices are registered,
+//! rotated and revoked; every node, the observer included, agrees and serves
+//! verifiable proofs; a stopped validator does not stop the others and
 //! catches up after a restart; a node outside the validator set cannot
 //! connect until governance adds it as a fifth validator, which then syncs
 //! and votes; and the whole chain verifies along the handover from genesis.
@@ -240,11 +241,11 @@ fn node(nodes: &[Option<RunningNode>], i: usize) -> &RunningNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(5);
+    let base = free_base_port(6);
     let layout = generate_testnet(
         &TestnetSpec {
             validators: 4,
-            observers: 0,
+            observers: 1,
             base_port: base,
             api_base_port: base,
             host_template: "127.0.0.1".into(),
@@ -260,7 +261,8 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     for home in &homes {
         nodes.push(Some(start(home).await));
     }
-    for i in 0..4 {
+    // Nodes 0..=3 validate; node 4 observes.
+    for i in 0..5 {
         wait_height("first blocks", node(&nodes, i), 2).await;
     }
 
@@ -338,18 +340,22 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     .signed_by(&[&admin]);
     let hash = submit(api(&nodes, 2), &revoke).await;
     wait_committed(api(&nodes, 3), hash).await;
-    let record = lookup(api(&nodes, 2), "demo/sensor-1", &set).await.unwrap();
+    let observer_api = api(&nodes, 4);
+    wait_committed(observer_api, hash).await;
+    let record = lookup(observer_api, "demo/sensor-1", &set).await.unwrap();
     assert!(matches!(record.status, DeviceStatus::Revoked { .. }));
+    let (_, observer) = get(observer_api, "/v1/status").await;
+    assert_eq!(observer["is_validator"], false);
 
     // Every node has the same header (hence block hash and state root) at a
     // common height. Certificates may differ: each node keeps the quorum of
     // precommits it collected.
-    let common = (0..4)
+    let common = (0..5)
         .map(|i| node(&nodes, i).shared.height())
         .min()
         .unwrap();
     let (_, reference) = get(api(&nodes, 0), &format!("/v1/blocks/{common}")).await;
-    for i in 1..4 {
+    for i in 1..5 {
         let (_, block) = get(api(&nodes, i), &format!("/v1/blocks/{common}")).await;
         assert_eq!(
             block["header"], reference["header"],
@@ -369,16 +375,17 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     wait_height("node 3 catches up", node(&nodes, 3), target).await;
 
     // A fifth node whose key is not in the validator set: refused by all.
-    let fifth_home = dir.path().join("node4");
+    let fifth_home = dir.path().join("newcomer");
     std::fs::create_dir_all(&fifth_home).unwrap();
     let fifth_key = SigningKey::generate().unwrap();
     write_key_file(&fifth_home.join(KEY_FILE), &fifth_key).unwrap();
     std::fs::copy(homes[0].join(GENESIS_FILE), fifth_home.join(GENESIS_FILE)).unwrap();
-    let fifth_address = format!("/ip4/127.0.0.1/tcp/{}", base + 4);
+    let fifth_address = format!("/ip4/127.0.0.1/tcp/{}", base + 5);
     let mut config = Config::default();
     config.p2p.listen = fifth_address.clone();
     config.p2p.persistent_peers = layout
         .iter()
+        .filter(|n| n.validator)
         .map(|n| {
             let peer = peer_id_of(&node_key(&n.home).unwrap().public()).unwrap();
             format!("{}/p2p/{peer}", n.p2p_address)
@@ -395,19 +402,21 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     )
     .await;
     assert_eq!(
-        node(&nodes, 4).shared.height(),
+        node(&nodes, 5).shared.height(),
         0,
         "the outsider synced nothing"
     );
     for i in 0..4 {
         let (_, status) = get(api(&nodes, i), "/v1/status").await;
-        assert_eq!(status["peers"], 3, "node {i} must not count the outsider");
+        // Three other validators and the observer; not the outsider.
+        assert_eq!(status["peers"], 4, "node {i} must not count the outsider");
     }
 
     // Governance adds the fifth validator (the demo org meets the threshold).
     let mut validators: Vec<ValidatorInfo> = homes
         .iter()
         .zip(&layout)
+        .filter(|(_, n)| n.validator)
         .map(|(home, n)| ValidatorInfo::new(node_key(home).unwrap().public(), 1, &n.p2p_address))
         .collect();
     validators.push(ValidatorInfo::new(fifth_key.public(), 1, &fifth_address));
@@ -422,7 +431,7 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     .signed_by(&[&admin]);
     let hash = submit(api(&nodes, 0), &govern).await;
     wait_committed(api(&nodes, 0), hash).await;
-    let fifth_api = api(&nodes, 4);
+    let fifth_api = api(&nodes, 5);
     wait_for(
         "the fifth validator syncs and is in the set",
         move || async move {
@@ -432,7 +441,7 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     )
     .await;
     let caught_up = node(&nodes, 1).shared.height();
-    wait_height("the fifth validator catches up", node(&nodes, 4), caught_up).await;
+    wait_height("the fifth validator catches up", node(&nodes, 5), caught_up).await;
 
     // With validator 0 stopped, 4 of 5 remain: exactly a quorum only if the
     // fifth votes, so progress proves it does.
@@ -455,7 +464,8 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     // The whole chain verifies from genesis across the handover, on two nodes.
     let genesis =
         Genesis::from_json(&std::fs::read_to_string(homes[0].join(GENESIS_FILE)).unwrap()).unwrap();
-    for i in [1, 4] {
+    // On a validator, the observer and the newcomer.
+    for i in [1, 4, 5] {
         let (height, changes) = verify_chain(api(&nodes, i), &genesis).await;
         assert!(height >= before + 3);
         assert_eq!(changes, 1);

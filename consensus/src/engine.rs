@@ -61,6 +61,10 @@ pub struct Config {
     /// feature `fault-injection`; ignored otherwise.
     #[doc(hidden)]
     pub unsafe_ignore_lock: bool,
+    /// Fault injection: never emit [`Action::Persist`], so a restarted
+    /// validator forgets what it signed. Same gating as `unsafe_ignore_lock`.
+    #[doc(hidden)]
+    pub unsafe_skip_persist: bool,
 }
 
 impl Default for Config {
@@ -74,9 +78,10 @@ impl Default for Config {
             timeout_precommit_delta_ms: 500,
             rebroadcast_interval_ms: 2000,
             max_message_bytes: 4 * 1024 * 1024,
-            future_round_window: 64,
+            future_round_window: 16,
             past_round_window: 64,
             unsafe_ignore_lock: false,
+            unsafe_skip_persist: false,
         }
     }
 }
@@ -96,6 +101,10 @@ impl Config {
 
     fn ignores_lock(&self) -> bool {
         cfg!(any(test, feature = "fault-injection")) && self.unsafe_ignore_lock
+    }
+
+    fn skips_persist(&self) -> bool {
+        cfg!(any(test, feature = "fault-injection")) && self.unsafe_skip_persist
     }
 }
 
@@ -416,6 +425,15 @@ impl<V: Payload> Engine<V> {
         }
         if state.version != SafetyState::<V>::VERSION {
             return Err(EngineError::CorruptState("unknown version"));
+        }
+        let me = engine.key.as_ref().map(|k| k.public());
+        if !state.own_votes.iter().all(|v| Some(v.signer) == me)
+            || !state
+                .own_proposals
+                .iter()
+                .all(|p| Some(p.signed.signer) == me)
+        {
+            return Err(EngineError::CorruptState("messages signed by another key"));
         }
         let in_window = |round: u32| round + 1 >= state.round && round <= state.round;
         if state.own_votes.len() > 4
@@ -1178,13 +1196,11 @@ impl<V: Payload> Engine<V> {
         };
         let vote = Signed::sign(data, &key);
         // The slot is empty unless a twin (a second process with this key)
-        // voted first; never count a second vote either way.
-        self.rounds
-            .entry(self.round)
-            .or_default()
-            .votes_mut(kind)
-            .entry((me, block))
-            .or_insert_with(|| vote.clone());
+        // voted first; its bound holds either way.
+        let votes = self.rounds.entry(self.round).or_default().votes_mut(kind);
+        if entries_of(votes, me).count() < MAX_CONFLICTING {
+            votes.entry((me, block)).or_insert_with(|| vote.clone());
+        }
         self.own_votes.push(vote.clone());
         self.dirty = true;
         self.out.push(Action::Broadcast(Message::vote(vote)));
@@ -1203,7 +1219,7 @@ impl<V: Payload> Engine<V> {
 
     fn take_actions(&mut self) -> Vec<Action<V>> {
         let mut actions = Vec::with_capacity(self.out.len() + 1);
-        if self.dirty && self.my_index.is_some() {
+        if self.dirty && self.my_index.is_some() && !self.config.skips_persist() {
             actions.push(Action::Persist(self.safety_state()));
         }
         self.dirty = false;

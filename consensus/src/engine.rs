@@ -1051,6 +1051,16 @@ impl<V: Payload> Engine<V> {
             .retain(|p| p.signed.data.round >= keep_from);
         let lowest_kept = round.saturating_sub(self.config.past_round_window);
         self.rounds = self.rounds.split_off(&lowest_kept);
+        self.reported.retain(|&(_, r, _)| r >= lowest_kept);
+        let valid_hash = self.valid.as_ref().map(|(_, v)| v.hash());
+        let rounds = &self.rounds;
+        self.validity.retain(|hash, _| {
+            Some(*hash) == valid_hash
+                || rounds
+                    .values()
+                    .flat_map(|m| m.proposals.iter())
+                    .any(|p| p.signed.data.value_hash == *hash)
+        });
         self.dirty = true;
         self.resume_round();
     }

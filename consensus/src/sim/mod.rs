@@ -7,7 +7,8 @@
 //! the same schedule exactly (no clocks, no hash-map iteration order).
 //!
 //! Faults: during the fault phase the network drops, duplicates and delays
-//! messages and partitions come and go; honest validators crash (sometimes
+//! messages, partitions and one-way link failures come and go, and the
+//! validator set's powers change at every epoch; honest validators crash (sometimes
 //! in the middle of an action list, right after persisting) and restart from
 //! their persisted [`SafetyState`] and block store. Up to `byzantine`
 //! validators misbehave: equivocating proposer, double voting, invalid

@@ -30,6 +30,10 @@ use crate::validators::{ValidatorSet, ValidatorSetError};
 /// step, the round, or sets a once-per-round flag, so a handful suffices; the
 /// bound turns a logic bug into a loud assertion instead of a hang.
 const MAX_RULE_FIRINGS_PER_EVENT: usize = 1024;
+/// Own signed messages kept (and persisted): prevote and precommit, and the
+/// proposal, of the current and the previous round.
+const MAX_OWN_VOTES: usize = 4;
+const MAX_OWN_PROPOSALS: usize = 2;
 /// Messages for the next height, kept until its validator set is known.
 const MAX_NEXT_HEIGHT_BUFFER: usize = 1024;
 /// ... and at most this many from any one claimed signer.
@@ -436,8 +440,8 @@ impl<V: Payload> Engine<V> {
             return Err(EngineError::CorruptState("messages signed by another key"));
         }
         let in_window = |round: u32| round + 1 >= state.round && round <= state.round;
-        if state.own_votes.len() > 4
-            || state.own_proposals.len() > 2
+        if state.own_votes.len() > MAX_OWN_VOTES
+            || state.own_proposals.len() > MAX_OWN_PROPOSALS
             || !state
                 .own_votes
                 .iter()
@@ -1336,7 +1340,9 @@ impl<V: Payload> Engine<V> {
                 self.step
             );
         }
-        assert!(self.own_votes.len() <= 4 && self.own_proposals.len() <= 2);
+        assert!(
+            self.own_votes.len() <= MAX_OWN_VOTES && self.own_proposals.len() <= MAX_OWN_PROPOSALS
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use keyreg_consensus::crypto::{Hash, PublicKey};
 use keyreg_registry::testkit::{test_agreement_key, test_key};
 use keyreg_registry::{
     Authority, Block, DeviceName, DeviceRecord, DeviceStatus, GovernanceAction, Header, OrgId,
-    Transaction, TxBody,
+    Transaction, TxBody, TxError,
 };
 use proptest::prelude::*;
 
@@ -190,6 +190,31 @@ fn invalid_names_inside_encodings_are_rejected() {
     assert!(matches!(
         Transaction::from_bytes(&upper),
         Err(CodecError::Malformed(_))
+    ));
+}
+
+#[test]
+fn wire_decoding_gives_typed_errors() {
+    let admin = test_key("admin/acme");
+    let tx = register(&admin, "acme/d1", &test_key("d"), None);
+    assert_eq!(Transaction::from_wire(&tx.to_bytes(), CHAIN).unwrap(), tx);
+    let bytes = tx.to_bytes();
+    assert!(matches!(
+        Transaction::from_wire(&bytes[..10], CHAIN),
+        Err(TxError::Malformed(_))
+    ));
+    assert!(matches!(
+        Transaction::from_wire(&[0xff; 40], CHAIN),
+        Err(TxError::Malformed(_))
+    ));
+    assert!(matches!(
+        Transaction::from_wire(&bytes, "other"),
+        Err(TxError::WrongChain { .. })
+    ));
+    let huge = vec![1u8; keyreg_registry::tx::MAX_TX_BYTES + 1];
+    assert!(matches!(
+        Transaction::from_wire(&huge, CHAIN),
+        Err(TxError::TooLarge { .. })
     ));
 }
 

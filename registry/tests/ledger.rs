@@ -153,7 +153,8 @@ fn block_checks_against_parent() {
         f(&mut b);
         b
     };
-    let cases: Vec<(keyreg_registry::Block, fn(&BlockError) -> bool)> = vec![
+    type Case = (keyreg_registry::Block, fn(&BlockError) -> bool);
+    let cases: Vec<Case> = vec![
         (mutate(&|b| b.header.prev_hash = Hash([1; 32])), |e| {
             matches!(e, BlockError::PrevHash { .. })
         }),

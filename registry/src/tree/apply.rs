@@ -35,7 +35,9 @@ impl PendingLeaf {
 }
 
 /// The new content of a subtree.
+#[derive(Default)]
 enum Pending {
+    #[default]
     Empty,
     Leaf(PendingLeaf),
     /// An internal node, already written (or kept) under `child.version`.
@@ -195,9 +197,9 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
             }
             Node::Internal(internal) => {
                 self.mark_stale(node_key);
-                let mut children: [Option<Pending>; 16] = Default::default();
+                let mut children: [Pending; 16] = Default::default();
                 for (nibble, child) in internal.children() {
-                    children[usize::from(nibble)] = Some(kept(path.child(nibble), child));
+                    children[usize::from(nibble)] = kept(path.child(nibble), child);
                 }
                 for (nibble, range) in runs_by_nibble(updates, path.len(), |(k, _)| k) {
                     let run = &updates[range];
@@ -213,7 +215,7 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                             self.update(child_key, child_node, run)?
                         }
                     };
-                    children[usize::from(nibble)] = Some(result);
+                    children[usize::from(nibble)] = result;
                 }
                 self.assemble(path, children)
             }
@@ -230,10 +232,10 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
         // Distinct keys differ in some nibble, so two leaves never reach full depth.
         assert!(path.len() < KEY_NIBBLES, "distinct keys share all nibbles");
         let runs: Vec<_> = runs_by_nibble(&leaves, path.len(), |(k, _)| k).collect();
-        let mut children: [Option<Pending>; 16] = Default::default();
+        let mut children: [Pending; 16] = Default::default();
         for (nibble, range) in runs.into_iter().rev() {
             let group = leaves.split_off(range.start);
-            children[usize::from(nibble)] = Some(self.build(path.child(nibble), group)?);
+            children[usize::from(nibble)] = self.build(path.child(nibble), group)?;
         }
         self.assemble(path, children)
     }
@@ -243,34 +245,33 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
     fn assemble(
         &mut self,
         path: NibblePath,
-        mut children: [Option<Pending>; 16],
+        children: [Pending; 16],
     ) -> Result<Pending, TreeError> {
-        let occupied: Vec<usize> = (0..16)
-            .filter(|&n| !matches!(children[n], None | Some(Pending::Empty)))
+        let mut occupied: Vec<(u8, Pending)> = (0u8..)
+            .zip(children)
+            .filter(|(_, child)| !matches!(child, Pending::Empty))
             .collect();
         match occupied.as_slice() {
             [] => return Ok(Pending::Empty),
-            [only] if matches!(children[*only], Some(Pending::Leaf(_))) => {
-                return Ok(children[*only].take().unwrap_or(Pending::Empty));
-            }
+            [(_, Pending::Leaf(_))] => return Ok(occupied.swap_remove(0).1),
             _ => {}
         }
         let mut refs = Vec::with_capacity(occupied.len());
-        for nibble in occupied {
-            let child = match children[nibble].take() {
-                Some(Pending::Internal(child)) => child,
-                Some(Pending::Leaf(leaf)) => {
+        for (nibble, pending) in occupied {
+            let child = match pending {
+                Pending::Internal(child) => child,
+                Pending::Leaf(leaf) => {
                     let hash = leaf.hash();
-                    let version = self.place_leaf(path.child(nibble as u8), leaf, false)?;
+                    let version = self.place_leaf(path.child(nibble), leaf, false)?;
                     Child {
                         version,
                         hash,
                         is_leaf: true,
                     }
                 }
-                None | Some(Pending::Empty) => unreachable!("slot {nibble} was occupied"),
+                Pending::Empty => continue,
             };
-            refs.push((nibble as u8, child));
+            refs.push((nibble, child));
         }
         let node = InternalNode::from_children(refs);
         let hash = node.hash();

@@ -1,5 +1,5 @@
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keyreg_consensus::codec::{self, Canonical};
 use keyreg_consensus::crypto::{hash, Domain, Hash};
@@ -130,7 +130,7 @@ fn entries_strategy(max: usize) -> impl Strategy<Value = Entries> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn proofs_verify_exactly_the_true_claims(
@@ -574,4 +574,60 @@ fn key_bytes_sort_by_version_first() {
         node_key: NodeKey::root(0),
     };
     assert!(a.to_bytes() < b.to_bytes() && a < b);
+}
+
+/// A reader serving one replaced node, to play a corrupt store.
+struct Tampered<'a> {
+    inner: &'a MemNodeStore,
+    at: NodeKey,
+    node: Node,
+}
+
+impl NodeReader for Tampered<'_> {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        if *key == self.at {
+            return Ok(Some(self.node.clone()));
+        }
+        self.inner.get_node(key)
+    }
+}
+
+#[test]
+fn a_corrupt_store_is_an_error_not_a_panic() {
+    let entries: Entries = (0..40).map(|i| (key(i), vec![1])).collect();
+    let mut store = MemNodeStore::new();
+    commit(&mut store, None, 1, &inserts(&entries));
+    let Node::Internal(root) = store.get_node(&NodeKey::root(1)).unwrap().unwrap() else {
+        panic!("40 keys make an internal root");
+    };
+    let (nibble, child) = root.children().find(|(_, c)| c.is_leaf).unwrap();
+    let at = NodeKey {
+        version: child.version,
+        path: NibblePath::ROOT.child(nibble),
+    };
+    let leaf_key = entries.keys().find(|k| nibble_at(k, 0) == nibble).unwrap();
+    for node in [Node::Empty, Node::Internal(root.clone())] {
+        let tampered = Tampered {
+            inner: &store,
+            at,
+            node,
+        };
+        let tree = StateTree::new(&tampered);
+        assert_eq!(tree.get(1, leaf_key), Err(TreeError::CorruptNode(at)));
+        assert_eq!(
+            tree.get_with_proof(1, leaf_key).map(|_| ()),
+            Err(TreeError::CorruptNode(at))
+        );
+        assert_eq!(
+            tree.apply(Some(1), 2, &[(*leaf_key, None)]).map(|_| ()),
+            Err(TreeError::CorruptNode(at))
+        );
+    }
+    // A store holding only version 2's rewritten root, not the children it keeps.
+    let mut missing = MemNodeStore::new();
+    missing.write(&StateTree::new(&store).apply(Some(1), 2, &[]).unwrap());
+    assert_eq!(
+        StateTree::new(&missing).get(2, leaf_key),
+        Err(TreeError::MissingNode(at))
+    );
 }

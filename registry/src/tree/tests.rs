@@ -58,6 +58,17 @@ fn commit(store: &mut MemNodeStore, base: Option<u64>, version: u64, updates: &[
         .apply(base, version, updates)
         .unwrap();
     let root = batch.root;
+    // Each new node has its own key under the new version; each stale node
+    // is an existing node of an older version.
+    let new_keys: BTreeSet<NodeKey> = batch.new_nodes.iter().map(|(k, _)| *k).collect();
+    assert_eq!(new_keys.len(), batch.new_nodes.len());
+    assert!(new_keys.iter().all(|k| k.version == version));
+    assert!(new_keys.contains(&NodeKey::root(version)));
+    for stale in &batch.stale_nodes {
+        assert_eq!(stale.stale_since_version, version);
+        assert!(stale.node_key.version < version);
+        assert!(store.get_node(&stale.node_key).unwrap().is_some());
+    }
     store.write_owned(batch);
     assert_eq!(StateTree::new(&*store).root(version).unwrap(), root);
     root

@@ -89,7 +89,7 @@ pub(super) fn apply<R: NodeReader + ?Sized>(
             let root = reader
                 .get_node(&root_key)?
                 .ok_or(TreeError::VersionNotFound(base))?;
-            builder.update(root_key, root, updates)?
+            builder.update(root_key, root, None, updates)?
         }
     };
     let root_hash = builder.place_root(root)?;
@@ -167,11 +167,13 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
         ));
     }
 
-    /// Applies `updates` (all under `node_key.path`) to the stored `node`.
+    /// Applies `updates` (all under `node_key.path`) to the stored `node`,
+    /// whose hash the caller may already know from the parent.
     fn update(
         &mut self,
         node_key: NodeKey,
         node: Node,
+        known_hash: Option<Hash>,
         updates: &[Update],
     ) -> Result<Pending, TreeError> {
         let path = node_key.path;
@@ -190,7 +192,7 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                     self.mark_stale(node_key);
                 } else {
                     let at = leaves.partition_point(|(k, _)| *k < existing.key);
-                    let hash = existing.hash();
+                    let hash = known_hash.unwrap_or_else(|| existing.hash());
                     leaves.insert(at, (existing.key, PendingLeaf::Stored { node_key, hash }));
                 }
                 self.build(path, leaves)
@@ -212,7 +214,7 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                                 path: child_path,
                             };
                             let child_node = read_child(self.reader, &child_key, child)?;
-                            self.update(child_key, child_node, run)?
+                            self.update(child_key, child_node, Some(child.hash), run)?
                         }
                     };
                     children[usize::from(nibble)] = result;

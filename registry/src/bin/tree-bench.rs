@@ -2,9 +2,11 @@
 //!
 //! `cargo run --release -p keyreg-registry --bin tree-bench -- --entries 1000000`
 //!
-//! Loads `--entries` records in batches, then times update batches of
-//! random existing keys, proof generation and proof verification, and
-//! prints one figure per line.
+//! Loads `--entries` records of `--value-len` bytes in batches of
+//! `--load-batch`, then times `--update-batches` batches of `--batch` random
+//! existing keys, `--proofs` proofs (half for absent keys) and their
+//! verification, and prints one figure per line. Every batch is written to
+//! a `MemNodeStore` and pruned to the latest version.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,18 +17,20 @@ use keyreg_registry::tree::{MemNodeStore, SparseMerkleProof, StateTree, Update};
 
 struct Options {
     entries: u64,
+    load_batch: usize,
     batch: usize,
     update_batches: usize,
     proofs: usize,
     value_len: usize,
 }
 
-const USAGE: &str = "usage: tree-bench [--entries N] [--batch N] [--update-batches N] \
-                     [--proofs N] [--value-len N]";
+const USAGE: &str = "usage: tree-bench [--entries N] [--load-batch N] [--batch N] \
+                     [--update-batches N] [--proofs N] [--value-len N]";
 
 fn parse_options() -> Result<Options, String> {
     let mut options = Options {
         entries: 100_000,
+        load_batch: 10_000,
         batch: 1000,
         update_batches: 200,
         proofs: 100_000,
@@ -41,6 +45,7 @@ fn parse_options() -> Result<Options, String> {
         let as_usize = || usize::try_from(number).map_err(|_| format!("{flag} too large"));
         match flag.as_str() {
             "--entries" => options.entries = number,
+            "--load-batch" => options.load_batch = as_usize()?.max(1),
             "--batch" => options.batch = as_usize()?.max(1),
             "--update-batches" => options.update_batches = as_usize()?,
             "--proofs" => options.proofs = as_usize()?,
@@ -175,7 +180,7 @@ fn main() -> ExitCode {
     let (mut load_apply, mut load_total) = (Elapsed::default(), Elapsed::default());
     let mut loaded = 0u64;
     while loaded < options.entries {
-        let end = (loaded + options.batch as u64).min(options.entries);
+        let end = (loaded + options.load_batch as u64).min(options.entries);
         let updates = (loaded..end)
             .map(|i| (device_key(i), Some(record(i, 0, options.value_len))))
             .collect();
@@ -188,8 +193,12 @@ fn main() -> ExitCode {
     println!("value bytes                 {}", options.value_len);
     println!("stored nodes                {}", store.node_count());
     let loaded = options.entries as usize;
-    println!("load: inserts              {}", rates(loaded, load_total));
-    println!("load: inserts, apply only  {}", rates(loaded, load_apply));
+    println!(
+        "load: inserts               {} (batches of {})",
+        rates(loaded, load_total),
+        options.load_batch
+    );
+    println!("load: inserts, apply only   {}", rates(loaded, load_apply));
 
     if options.entries == 0 {
         return ExitCode::SUCCESS;

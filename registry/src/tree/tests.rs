@@ -642,3 +642,85 @@ fn a_corrupt_store_is_an_error_not_a_panic() {
         Err(TreeError::MissingNode(at))
     );
 }
+
+/// What a RocksDB store does: nodes and the stale index as byte maps
+/// (column families), pruning by iterating the stale keys in byte order.
+#[derive(Default)]
+struct ByteStore {
+    nodes: BTreeMap<Vec<u8>, Vec<u8>>,
+    stale: BTreeMap<Vec<u8>, ()>,
+}
+
+impl ByteStore {
+    fn write(&mut self, batch: &TreeBatch) {
+        for (k, node) in &batch.new_nodes {
+            self.nodes.insert(k.to_bytes(), node.to_bytes());
+        }
+        for stale in &batch.stale_nodes {
+            self.stale.insert(stale.to_bytes(), ());
+        }
+    }
+
+    fn prune(&mut self, oldest_kept_version: u64) {
+        while let Some((k, ())) = self.stale.first_key_value() {
+            let stale = StaleNode::from_bytes(k).unwrap();
+            if stale.stale_since_version > oldest_kept_version {
+                break;
+            }
+            self.nodes.remove(&stale.node_key.to_bytes());
+            self.stale.pop_first();
+        }
+    }
+}
+
+impl NodeReader for ByteStore {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        self.nodes
+            .get(&key.to_bytes())
+            .map(|bytes| Node::from_bytes(bytes).map_err(TreeError::from))
+            .transpose()
+    }
+}
+
+#[test]
+fn a_byte_encoded_store_matches_the_memory_store() {
+    let mut bytes = ByteStore::default();
+    let mut memory = MemNodeStore::new();
+    let mut current = Entries::new();
+    for version in 1..=12u64 {
+        let mut updates: Vec<Update> = (0..40u64)
+            .map(|i| {
+                let k = (version * 37 + i * 11) % 150;
+                let value = (k % 5 != 0).then(|| vec![version as u8; (k % 9) as usize]);
+                (key(k), value)
+            })
+            .collect();
+        updates.sort_by_key(|update| update.0);
+        updates.dedup_by_key(|update| update.0);
+        for (k, v) in &updates {
+            match v {
+                Some(v) => current.insert(*k, v.clone()),
+                None => current.remove(k),
+            };
+        }
+        let base = (version > 1).then(|| version - 1);
+        let from_bytes = StateTree::new(&bytes)
+            .apply(base, version, &updates)
+            .unwrap();
+        let root = commit(&mut memory, base, version, &updates);
+        assert_eq!(from_bytes.root, root);
+        bytes.write(&from_bytes);
+        bytes.prune(version.saturating_sub(3));
+        memory.prune(version.saturating_sub(3));
+        assert_eq!(bytes.nodes.len(), memory.node_count());
+        let probes: Vec<Hash> = (150..160).map(key).collect();
+        check_version(&memory, version, &current, &probes);
+        let tree = StateTree::new(&bytes);
+        for k in current.keys().chain(&probes) {
+            assert_eq!(
+                tree.get_with_proof(version, k).unwrap(),
+                StateTree::new(&memory).get_with_proof(version, k).unwrap()
+            );
+        }
+    }
+}

@@ -116,7 +116,7 @@ fn new_leaves(updates: &[Update]) -> LeafSet {
         .collect()
 }
 
-/// Splits `updates` (sorted) into runs sharing the nibble at `depth`.
+/// Splits `items` (sorted by key) into runs sharing the key nibble at `depth`.
 fn runs_by_nibble<'a, T>(
     items: &'a [T],
     depth: usize,

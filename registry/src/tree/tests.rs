@@ -399,6 +399,12 @@ fn proof_decoding_is_bounded_and_canonical() {
     let mut trailing = proof.to_bytes();
     trailing.push(0);
     assert!(SparseMerkleProof::from_bytes(&trailing).is_err());
+    let mut bad_option_tag = proof.to_bytes();
+    bad_option_tag[1] = 2;
+    assert!(SparseMerkleProof::from_bytes(&bad_option_tag).is_err());
+    let mut short_count = proof.to_bytes();
+    short_count[66] -= 1; // sibling count one lower than the hashes that follow
+    assert!(SparseMerkleProof::from_bytes(&short_count).is_err());
 
     let oversize = SparseMerkleProof {
         siblings: vec![Hash::ZERO; MAX_PROOF_SIBLINGS + 1],

@@ -30,6 +30,10 @@ use crate::validators::{ValidatorSet, ValidatorSetError};
 /// step, the round, or sets a once-per-round flag, so a handful suffices; the
 /// bound turns a logic bug into a loud assertion instead of a hang.
 const MAX_RULE_FIRINGS_PER_EVENT: usize = 1024;
+/// Own signed messages kept (and persisted): prevote and precommit, and the
+/// proposal, of the current and the previous round.
+const MAX_OWN_VOTES: usize = 4;
+const MAX_OWN_PROPOSALS: usize = 2;
 /// Messages for the next height, kept until its validator set is known.
 const MAX_NEXT_HEIGHT_BUFFER: usize = 1024;
 /// ... and at most this many from any one claimed signer.
@@ -61,6 +65,10 @@ pub struct Config {
     /// feature `fault-injection`; ignored otherwise.
     #[doc(hidden)]
     pub unsafe_ignore_lock: bool,
+    /// Fault injection: never emit [`Action::Persist`], so a restarted
+    /// validator forgets what it signed. Same gating as `unsafe_ignore_lock`.
+    #[doc(hidden)]
+    pub unsafe_skip_persist: bool,
 }
 
 impl Default for Config {
@@ -74,9 +82,10 @@ impl Default for Config {
             timeout_precommit_delta_ms: 500,
             rebroadcast_interval_ms: 2000,
             max_message_bytes: 4 * 1024 * 1024,
-            future_round_window: 64,
+            future_round_window: 16,
             past_round_window: 64,
             unsafe_ignore_lock: false,
+            unsafe_skip_persist: false,
         }
     }
 }
@@ -96,6 +105,10 @@ impl Config {
 
     fn ignores_lock(&self) -> bool {
         cfg!(any(test, feature = "fault-injection")) && self.unsafe_ignore_lock
+    }
+
+    fn skips_persist(&self) -> bool {
+        cfg!(any(test, feature = "fault-injection")) && self.unsafe_skip_persist
     }
 }
 
@@ -417,9 +430,18 @@ impl<V: Payload> Engine<V> {
         if state.version != SafetyState::<V>::VERSION {
             return Err(EngineError::CorruptState("unknown version"));
         }
+        let me = engine.key.as_ref().map(|k| k.public());
+        if !state.own_votes.iter().all(|v| Some(v.signer) == me)
+            || !state
+                .own_proposals
+                .iter()
+                .all(|p| Some(p.signed.signer) == me)
+        {
+            return Err(EngineError::CorruptState("messages signed by another key"));
+        }
         let in_window = |round: u32| round + 1 >= state.round && round <= state.round;
-        if state.own_votes.len() > 4
-            || state.own_proposals.len() > 2
+        if state.own_votes.len() > MAX_OWN_VOTES
+            || state.own_proposals.len() > MAX_OWN_PROPOSALS
             || !state
                 .own_votes
                 .iter()
@@ -1033,6 +1055,16 @@ impl<V: Payload> Engine<V> {
             .retain(|p| p.signed.data.round >= keep_from);
         let lowest_kept = round.saturating_sub(self.config.past_round_window);
         self.rounds = self.rounds.split_off(&lowest_kept);
+        self.reported.retain(|&(_, r, _)| r >= lowest_kept);
+        let valid_hash = self.valid.as_ref().map(|(_, v)| v.hash());
+        let rounds = &self.rounds;
+        self.validity.retain(|hash, _| {
+            Some(*hash) == valid_hash
+                || rounds
+                    .values()
+                    .flat_map(|m| m.proposals.iter())
+                    .any(|p| p.signed.data.value_hash == *hash)
+        });
         self.dirty = true;
         self.resume_round();
     }
@@ -1178,13 +1210,11 @@ impl<V: Payload> Engine<V> {
         };
         let vote = Signed::sign(data, &key);
         // The slot is empty unless a twin (a second process with this key)
-        // voted first; never count a second vote either way.
-        self.rounds
-            .entry(self.round)
-            .or_default()
-            .votes_mut(kind)
-            .entry((me, block))
-            .or_insert_with(|| vote.clone());
+        // voted first; its bound holds either way.
+        let votes = self.rounds.entry(self.round).or_default().votes_mut(kind);
+        if entries_of(votes, me).count() < MAX_CONFLICTING {
+            votes.entry((me, block)).or_insert_with(|| vote.clone());
+        }
         self.own_votes.push(vote.clone());
         self.dirty = true;
         self.out.push(Action::Broadcast(Message::vote(vote)));
@@ -1203,7 +1233,7 @@ impl<V: Payload> Engine<V> {
 
     fn take_actions(&mut self) -> Vec<Action<V>> {
         let mut actions = Vec::with_capacity(self.out.len() + 1);
-        if self.dirty && self.my_index.is_some() {
+        if self.dirty && self.my_index.is_some() && !self.config.skips_persist() {
             actions.push(Action::Persist(self.safety_state()));
         }
         self.dirty = false;
@@ -1310,7 +1340,9 @@ impl<V: Payload> Engine<V> {
                 self.step
             );
         }
-        assert!(self.own_votes.len() <= 4 && self.own_proposals.len() <= 2);
+        assert!(
+            self.own_votes.len() <= MAX_OWN_VOTES && self.own_proposals.len() <= MAX_OWN_PROPOSALS
+        );
     }
 }
 

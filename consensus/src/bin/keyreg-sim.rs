@@ -5,7 +5,8 @@
 //! keyreg-sim [--seeds N] [--first-seed S] [--validators N] [--byzantine B]
 //!            [--heights H] [--no-partitions] [--no-crashes] [--loss PERMILLE]
 //!            [--duplicate PERMILLE] [--max-delay MS] [--fault-phase MS]
-//!            [--liveness-budget MS] [--epoch-length H] [--verbose] [--trace]
+//!            [--behaviors silent,equivocate,double-vote,bad-signatures,twins]
+//!            [--liveness-budget MS] [--epoch-length H] [--rebroadcast MS] [--verbose] [--trace]
 //!            [--unsafe-ignore-lock]   (only with feature `fault-injection`)
 //! ```
 //! Ends with `seeds: N, violations: V`; exits 1 if V > 0. A failing seed is
@@ -14,12 +15,12 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
-use keyreg_consensus::sim::{run, SimConfig};
+use keyreg_consensus::sim::{run, Behavior, SimConfig};
 
 const USAGE: &str = "usage: keyreg-sim [--seeds N] [--first-seed S] [--validators N] \
-[--byzantine B] [--heights H] [--no-partitions] [--no-crashes] [--loss PERMILLE] \
+[--byzantine B] [--behaviors silent,equivocate,double-vote,bad-signatures,twins] [--heights H] [--no-partitions] [--no-crashes] [--loss PERMILLE] \
 [--duplicate PERMILLE] [--max-delay MS] [--fault-phase MS] [--liveness-budget MS] \
-[--epoch-length H] [--verbose] [--trace] [--unsafe-ignore-lock]";
+[--epoch-length H] [--rebroadcast MS] [--verbose] [--trace] [--unsafe-ignore-lock]";
 
 struct Options {
     seeds: u64,
@@ -55,6 +56,20 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.sim.partitions = false;
                 o.replay_flags.push(flag.clone());
             }
+            "--behaviors" => {
+                let list = it.next().ok_or("--behaviors needs a value")?;
+                for name in list.split(',') {
+                    o.sim.behaviors.push(match name {
+                        "silent" => Behavior::Silent,
+                        "equivocate" => Behavior::EquivocatingProposer,
+                        "double-vote" => Behavior::DoubleVoter,
+                        "bad-signatures" => Behavior::BadSignatures,
+                        "twins" => Behavior::Twin,
+                        other => return Err(format!("unknown behavior {other}")),
+                    });
+                }
+                o.replay_flags.push(format!("--behaviors {list}"));
+            }
             "--no-crashes" => {
                 o.sim.crashes = false;
                 o.replay_flags.push(flag.clone());
@@ -67,7 +82,8 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.replay_flags.push(flag.clone());
             }
             "--validators" | "--byzantine" | "--heights" | "--loss" | "--duplicate"
-            | "--max-delay" | "--fault-phase" | "--liveness-budget" | "--epoch-length" => {
+            | "--max-delay" | "--fault-phase" | "--liveness-budget" | "--epoch-length"
+            | "--rebroadcast" => {
                 let v = value(flag)?;
                 match flag.as_str() {
                     "--validators" => {
@@ -83,6 +99,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     "--max-delay" => o.sim.max_delay_ms = v.max(1),
                     "--fault-phase" => o.sim.fault_phase_ms = v,
                     "--liveness-budget" => o.sim.liveness_budget_ms = v,
+                    "--rebroadcast" => o.sim.engine.rebroadcast_interval_ms = v.max(1),
                     _ => o.sim.epoch_length = v.max(1),
                 }
                 o.replay_flags.push(format!("{flag} {v}"));

@@ -7,7 +7,8 @@
 //! the same schedule exactly (no clocks, no hash-map iteration order).
 //!
 //! Faults: during the fault phase the network drops, duplicates and delays
-//! messages and partitions come and go; honest validators crash (sometimes
+//! messages, partitions and one-way link failures come and go, and the
+//! validator set's powers change at every epoch; honest validators crash (sometimes
 //! in the middle of an action list, right after persisting) and restart from
 //! their persisted [`SafetyState`] and block store. Up to `byzantine`
 //! validators misbehave: equivocating proposer, double voting, invalid
@@ -66,6 +67,8 @@ pub struct SimConfig {
     /// (power strictly below one third). More than that is allowed, to watch
     /// safety break.
     pub byzantine: Option<usize>,
+    /// Behaviours Byzantine validators draw from (empty: all).
+    pub behaviors: Vec<Behavior>,
     /// Heights every honest validator must commit (at least; see `run`).
     pub heights: u64,
     pub partitions: bool,
@@ -92,6 +95,7 @@ impl Default for SimConfig {
         SimConfig {
             validators: None,
             byzantine: None,
+            behaviors: Vec::new(),
             heights: 8,
             partitions: true,
             crashes: true,
@@ -133,13 +137,33 @@ pub struct SimReport {
     pub evidence: u64,
 }
 
+/// How a Byzantine validator misbehaves (each runs an honest engine and
+/// mangles what it sends).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Behavior {
+pub enum Behavior {
+    /// Sends nothing, serves no sync.
     Silent,
+    /// Signs a second, different proposal (sometimes invalid) whenever it
+    /// proposes, and splits the network between the two.
     EquivocatingProposer,
+    /// Signs a conflicting vote (block <-> nil) for every vote and splits the
+    /// network between the two.
     DoubleVoter,
+    /// Sends copies with corrupted signatures to some peers.
     BadSignatures,
+    /// Two processes with one key (each an honest engine), placed on
+    /// opposite sides of every partition.
     Twin,
+}
+
+impl Behavior {
+    pub const ALL: [Behavior; 5] = [
+        Behavior::Silent,
+        Behavior::EquivocatingProposer,
+        Behavior::DoubleVoter,
+        Behavior::BadSignatures,
+        Behavior::Twin,
+    ];
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +182,8 @@ struct Node {
     /// Bumped on every crash; timers and replies of a dead incarnation are void.
     incarnation: u32,
     group: u8,
+    /// One-way fault: everything this node sends is lost (it still hears).
+    muted: bool,
 }
 
 impl Node {
@@ -234,7 +260,8 @@ struct Sim {
     seq: u64,
     queue: BinaryHeap<Scheduled>,
     nodes: Vec<Node>,
-    validators: Vec<Validator>,
+    /// Every validator's key and whether it is Byzantine, in creation order.
+    validators: Vec<(PublicKey, bool)>,
     faults_active: bool,
     /// Honest commits: height -> block hash.
     commits: BTreeMap<u64, Hash>,
@@ -265,39 +292,21 @@ impl Sim {
                 SigningKey::from_seed(seed_bytes)
             })
             .collect();
-        let validators: Vec<Validator> = keys
-            .iter()
-            .map(|k| Validator {
-                key: k.public(),
-                power: 1 + rng.next_u64() % 2,
-            })
-            .collect();
-        let total: u64 = validators.iter().map(|v| v.power).sum();
-        // Choose Byzantine validators: a random order, then as many as the
-        // config asks for (or as many as stay strictly below 1/3 power).
+        // Byzantine validators: the first `b` of a random order, where `b`
+        // defaults to the most n = 3f + 1 tolerates. They always have power
+        // 1 and honest validators at least 1, so with b <= f their power
+        // stays strictly below a third in every epoch.
         let mut order: Vec<usize> = (0..n).collect();
         for i in (1..n).rev() {
             order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
         }
-        let mut byzantine = Vec::new();
-        let mut byz_power = 0;
-        for &i in &order {
-            let fits = match cfg.byzantine {
-                Some(b) => byzantine.len() < b,
-                None => 3 * (byz_power + validators[i].power) < total,
-            };
-            if fits {
-                byz_power += validators[i].power;
-                byzantine.push(i);
-            }
-        }
-        const BEHAVIORS: [Behavior; 5] = [
-            Behavior::Silent,
-            Behavior::EquivocatingProposer,
-            Behavior::DoubleVoter,
-            Behavior::BadSignatures,
-            Behavior::Twin,
-        ];
+        let byzantine_count = cfg.byzantine.unwrap_or((n - 1) / 3).min(n);
+        let byzantine: Vec<usize> = order[..byzantine_count].to_vec();
+        let behaviors: &[Behavior] = if cfg.behaviors.is_empty() {
+            &Behavior::ALL
+        } else {
+            &cfg.behaviors
+        };
         let mut nodes = Vec::new();
         let mut report = SimReport {
             seed,
@@ -306,7 +315,7 @@ impl Sim {
         };
         for (i, key) in keys.iter().enumerate() {
             let role = if byzantine.contains(&i) {
-                let b = BEHAVIORS[(rng.next_u64() % BEHAVIORS.len() as u64) as usize];
+                let b = behaviors[(rng.next_u64() % behaviors.len() as u64) as usize];
                 report
                     .byzantine
                     .push(format!("{}:{b:?}", short(&key.public())));
@@ -328,9 +337,15 @@ impl Sim {
                     chain: Vec::new(),
                     incarnation: 0,
                     group: 0,
+                    muted: false,
                 });
             }
         }
+        let validators = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.public(), byzantine.contains(&i)))
+            .collect();
         Sim {
             cfg,
             rng,
@@ -346,10 +361,25 @@ impl Sim {
         }
     }
 
+    /// The validator set of `height`: a new epoch every `epoch_length`
+    /// heights, with honest validators' powers redrawn (1..=3) per epoch, so
+    /// certificates and votes must be checked against the right set.
     fn set_for(&self, height: u64) -> ValidatorSet {
         let epoch = height.saturating_sub(1) / self.cfg.epoch_length.max(1);
-        // Built from validated keys and powers in 1..=2: cannot fail.
-        ValidatorSet::new(epoch, self.validators.clone()).expect("simulator validator set")
+        let mut powers = ChaCha8Rng::seed_from_u64(self.report.seed ^ epoch.rotate_left(32));
+        let members = self
+            .validators
+            .iter()
+            .map(|&(key, byzantine)| {
+                let drawn = 1 + powers.next_u64() % 3;
+                Validator {
+                    key,
+                    power: if byzantine { 1 } else { drawn },
+                }
+            })
+            .collect();
+        // Distinct random keys, powers in 1..=3: always a valid set.
+        ValidatorSet::new(epoch, members).expect("simulator validator set")
     }
 
     fn below(&mut self, n: u64) -> u64 {
@@ -525,6 +555,7 @@ impl Sim {
                 self.faults_active = false;
                 for node in &mut self.nodes {
                     node.group = 0;
+                    node.muted = false;
                 }
                 for i in 0..self.nodes.len() {
                     if self.nodes[i].engine.is_none() {
@@ -588,6 +619,14 @@ impl Sim {
             return;
         }
         let heal = self.chance(400);
+        // Sometimes one node can hear but not be heard (an asymmetric link
+        // failure): it may commit while nobody learns of it in time.
+        let muted = self
+            .chance(300)
+            .then(|| self.below(self.nodes.len() as u64) as usize);
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            node.muted = Some(i) == muted;
+        }
         let mut twin_seen: BTreeMap<PublicKey, u8> = BTreeMap::new();
         for i in 0..self.nodes.len() {
             let group = if heal {
@@ -614,7 +653,9 @@ impl Sim {
 
     /// Sends over the simulated network: partitions, loss, duplication, delay.
     fn send(&mut self, from: usize, to: usize, event_for: impl Fn() -> SimEvent) {
-        if self.faults_active && self.nodes[from].group != self.nodes[to].group {
+        if self.faults_active
+            && (self.nodes[from].group != self.nodes[to].group || self.nodes[from].muted)
+        {
             return;
         }
         let copies = if self.faults_active {
@@ -866,12 +907,22 @@ impl Sim {
             Role::Honest | Role::Byzantine(Behavior::Twin) => None,
         };
         let conflicting = conflicting.map(|m| Rc::new(m.to_bytes()));
+        // Equivocators split the network: half the time at random, half the
+        // time showing the original to a single peer only (the split most
+        // likely to let one validator commit or lock while the rest do not).
+        let single_target = self
+            .chance(500)
+            .then(|| self.below(self.nodes.len() as u64) as usize);
         for to in 0..self.nodes.len() {
             if to == i {
                 continue;
             }
+            let sees_conflicting = match single_target {
+                Some(target) => to != target,
+                None => self.chance(500),
+            };
             let bytes = match &conflicting {
-                Some(other) if self.chance(500) => other.clone(),
+                Some(other) if sees_conflicting => other.clone(),
                 _ => original.clone(),
             };
             self.send(i, to, || SimEvent::Deliver {
@@ -1061,22 +1112,37 @@ mod tests {
     #[test]
     fn checker_catches_an_engine_without_locks() {
         let mut cfg = SimConfig {
-            validators: Some(4),
-            fault_phase_ms: 6000,
+            validators: Some(5),
+            byzantine: Some(1),
+            behaviors: vec![Behavior::DoubleVoter],
+            fault_phase_ms: 4000,
             heights: 30,
             ..SimConfig::default()
         };
         cfg.engine.unsafe_ignore_lock = true;
-        let failing = (0..100u64).find_map(|seed| {
-            let report = run(seed, &cfg);
-            report
-                .violations
-                .iter()
-                .any(|v| v.contains("SAFETY"))
-                .then_some((seed, report))
-        });
-        let (seed, report) = failing.expect("no safety violation found in 100 seeds");
+        let (seed, report) = first_safety_violation(&cfg, 0..150);
+        assert!(report.violations.iter().any(|v| v.contains("committed as")));
         // And the failing seed replays to the same violation.
         assert_eq!(run(seed, &cfg).violations, report.violations);
+    }
+
+    /// ... and with persistence switched off, a restarted validator signs a
+    /// second, different message for a slot it already signed.
+    #[test]
+    fn checker_catches_an_engine_that_forgets_what_it_signed() {
+        let mut cfg = SimConfig::default();
+        cfg.engine.unsafe_skip_persist = true;
+        let (_, report) = first_safety_violation(&cfg, 0..50);
+        assert!(report
+            .violations
+            .iter()
+            .any(|v| v.contains("signed two different")));
+    }
+
+    fn first_safety_violation(cfg: &SimConfig, seeds: std::ops::Range<u64>) -> (u64, SimReport) {
+        seeds
+            .map(|seed| (seed, run(seed, cfg)))
+            .find(|(_, report)| report.violations.iter().any(|v| v.contains("SAFETY")))
+            .expect("the checker found no safety violation")
     }
 }

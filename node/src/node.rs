@@ -236,8 +236,8 @@ pub enum DriverInput {
     },
 }
 
-/// A started node. Dropping it without [`RunningNode::stop`] aborts nothing;
-/// call `stop` for an orderly shutdown.
+/// A started node. Dropping it leaves its tasks running until the runtime
+/// ends; [`RunningNode::stop`] shuts it down in order.
 pub struct RunningNode {
     pub shared: Arc<Shared>,
     pub api_addr: SocketAddr,

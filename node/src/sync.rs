@@ -152,6 +152,7 @@ pub async fn run(
     mut hints: mpsc::Receiver<u64>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut round = 0usize;
     let mut interval = tokio::time::interval(SYNC_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -160,9 +161,10 @@ pub async fn run(
             Some(_) = hints.recv() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = sync_round(&shared, &network, &driver).await {
+        if let Err(e) = sync_round(&shared, &network, &driver, round).await {
             tracing::debug!(error = %e, "sync round failed");
         }
+        round = round.wrapping_add(1);
     }
 }
 
@@ -170,8 +172,14 @@ async fn sync_round(
     shared: &Shared,
     network: &NetworkHandle,
     driver: &mpsc::Sender<DriverInput>,
+    round: usize,
 ) -> Result<(), FetchError> {
-    let peers = network.status().await?.connected;
+    let mut peers = network.status().await?.connected;
+    peers.sort();
+    // Successive rounds ask successive groups of peers, so one group that
+    // lags cannot hide a peer that is ahead.
+    let skip = round.wrapping_mul(PEERS_PER_ROUND) % peers.len().max(1);
+    peers.rotate_left(skip);
     let mut best: Option<(PeerId, u64)> = None;
     for peer in peers.into_iter().take(PEERS_PER_ROUND) {
         match ask(network, peer, SyncQuery::Status).await {

@@ -357,7 +357,7 @@ fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyFileError>
 fn write_secret_file(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
     let target = if replace {
         let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        tmp.push(format!(".tmp.{}", std::process::id()));
         PathBuf::from(tmp)
     } else {
         path.to_path_buf()
@@ -440,7 +440,11 @@ mod tests {
         let loaded = DeviceKeys::load(&path).unwrap();
         let pending = loaded.pending_rotation.unwrap();
         assert_eq!(pending.signing.public(), keys.current.next_signing.public());
-        assert!(!dir.path().join("dev.json.tmp").exists());
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
     }
 
     #[cfg(unix)]

@@ -8,7 +8,9 @@
 //! * [`txs`]: building, signing, submitting and awaiting transactions.
 //! * [`keys`]: device and admin key files.
 //! * [`node`]: the HTTP client for one node's API.
+//! * [`cli`]: the `keyreg` command line.
 
+pub mod cli;
 pub mod framing;
 pub mod keys;
 pub mod light;

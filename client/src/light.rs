@@ -378,7 +378,8 @@ impl LightClient {
             reason: e.to_string(),
         };
         let mut tmp = state_path.as_os_str().to_owned();
-        tmp.push(".tmp");
+        // Unique per process: two commands may share one state file.
+        tmp.push(format!(".tmp.{}", std::process::id()));
         let tmp = PathBuf::from(tmp);
         fs::write(&tmp, text).map_err(file_error)?;
         fs::rename(&tmp, state_path).map_err(file_error)
@@ -766,13 +767,29 @@ impl LightClient {
 
     fn block_at(&mut self, node: usize, height: u64) -> Result<VerifiedBlock, AnswerError> {
         let block = self.nodes[node].block(height)?;
-        let header = &block.block.header;
-        if header.height != height {
+        if block.block.header.height != height {
             return Err(AnswerError::Certificate(CertificateError::WrongHeight {
                 expected: height,
-                found: header.height,
+                found: block.block.header.height,
             }));
         }
+        self.verify_block(node, block)
+    }
+
+    /// Verifies a block `node` served (following handovers through `node`
+    /// when the block is of a later epoch): certificate, transaction root,
+    /// fork check.
+    pub fn verify_block(
+        &mut self,
+        node: usize,
+        block: CommittedBlock,
+    ) -> Result<VerifiedBlock, AnswerError> {
+        if node >= self.nodes.len() {
+            return Err(AnswerError::Node(NodeError::Transport(format!(
+                "no node number {node}"
+            ))));
+        }
+        let header = &block.block.header;
         if header.epoch > self.trusted.epoch {
             self.reach_epoch(node, header.epoch)?;
         }

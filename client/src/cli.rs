@@ -393,13 +393,25 @@ fn register(cli: &Cli, args: &RegisterArgs) -> Result<Output> {
         let progress = progress_bar(cli, entries.len() as u64, "registering");
         let mut results = Vec::new();
         for tx in &batch {
-            let (result, _) = submit_and_wait(&nodes, tx, &args.wait)?;
-            if let TxBody::RegisterLot { devices, .. } = &tx.body {
-                progress.inc(devices.len() as u64);
+            let (result, committed) = submit_and_wait(&nodes, tx, &args.wait)?;
+            let TxBody::RegisterLot { devices, .. } = &tx.body else {
+                bail!("internal error: a lot produced a non-lot transaction");
+            };
+            // A lot applies all-or-nothing: one verified record proves it.
+            if let (Some(_), Some(last)) = (committed, devices.last()) {
+                let found = light.lookup(&last.name)?;
+                if found
+                    .record
+                    .is_none_or(|r| r.signing_key != last.signing_key)
+                {
+                    bail!("the node reported a commit, but the verified record of {} does not carry its key", last.name);
+                }
             }
+            progress.inc(devices.len() as u64);
             results.push(result);
         }
         progress.finish_and_clear();
+        cli.save(&light)?;
         return Ok(Output {
             text: format!(
                 "{} devices in {} transaction(s): {}",
@@ -1188,6 +1200,46 @@ mod tests {
         );
         assert!(out.text.contains("acme/alpha: active"), "{}", out.text);
         assert!(out.text.contains("model=x1"), "{}", out.text);
+    }
+
+    #[test]
+    fn a_lot_is_registered_and_verified() {
+        let mut chain = Chain::new();
+        let env = Env::new(&chain);
+        let node = FakeNode::start();
+        let mut csv = String::from("name,key_file\n");
+        let mut entries = Vec::new();
+        for i in 0..3 {
+            let keys =
+                DeviceKeys::generate(DeviceName::new(&format!("acme/lot-{i}")).unwrap()).unwrap();
+            keys.create(&env.path(&format!("lot-{i}.json"))).unwrap();
+            csv.push_str(&format!("acme/lot-{i},lot-{i}.json\n"));
+            entries.push(txs::LotEntry {
+                keys,
+                expires_at_ms: None,
+                metadata: Default::default(),
+            });
+        }
+        std::fs::write(env.path("lot.csv"), csv).unwrap();
+        chain.admin.create(&env.path("admin.json")).unwrap();
+        let batch = txs::register_lot(CHAIN, &chain.admin, &entries).unwrap();
+        chain.commit(batch, now_ms());
+        chain.serve(&node, &["acme/lot-2"]);
+        serve_tx_results(&chain, &node);
+        let (admin, lot) = (env.path("admin.json"), env.path("lot.csv"));
+        let cli = env.cli(
+            &node,
+            &[
+                "register",
+                "--admin",
+                admin.to_str().unwrap(),
+                "--lot",
+                lot.to_str().unwrap(),
+            ],
+        );
+        let out = output(&cli).unwrap();
+        assert_eq!(out.json["devices"], 3);
+        assert_eq!(out.json["transactions"][0]["status"], "committed");
     }
 
     #[test]

@@ -184,6 +184,12 @@ pub enum AnswerError {
     Handover { epoch: u64, reason: String },
     #[error("fork at height {}", .0.height)]
     Fork(Box<ForkEvidence>),
+    #[error("malformed: {0}")]
+    Malformed(String),
+    #[error("asked for height {expected}, got height {found}")]
+    WrongHeight { expected: u64, found: u64 },
+    #[error("no node number {0}")]
+    NoSuchNode(usize),
 }
 
 impl AnswerError {
@@ -216,6 +222,10 @@ pub enum LightError {
     Fork(Box<ForkEvidence>),
     #[error("genesis: {0}")]
     Genesis(#[from] GenesisError),
+    #[error(
+        "{0} is not registered and active with this device's agreement key: nothing to staple"
+    )]
+    NotStapleable(DeviceName),
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
 }
@@ -711,7 +721,7 @@ impl LightClient {
         staple: &[u8],
     ) -> Result<VerifiedLookup, AnswerError> {
         let proof = DeviceProof::from_bytes(staple)
-            .map_err(|e| AnswerError::Node(NodeError::Malformed(format!("staple: {e}"))))?;
+            .map_err(|e| AnswerError::Malformed(format!("staple: {e}")))?;
         if proof.name != *name {
             return Err(AnswerError::WrongName {
                 requested: name.clone(),
@@ -734,7 +744,7 @@ impl LightClient {
     /// Headers of other epochs cannot be judged offline and are ignored.
     pub fn check_peer_header(&mut self, bytes: &[u8], peer: &str) -> Result<(), AnswerError> {
         let certified = CertifiedHeader::from_bytes(bytes)
-            .map_err(|e| AnswerError::Node(NodeError::Malformed(format!("peer header: {e}"))))?;
+            .map_err(|e| AnswerError::Malformed(format!("peer header: {e}")))?;
         if !self.known_sets.contains_key(&certified.header.epoch) {
             return Ok(());
         }
@@ -768,10 +778,10 @@ impl LightClient {
     fn block_at(&mut self, node: usize, height: u64) -> Result<VerifiedBlock, AnswerError> {
         let block = self.nodes[node].block(height)?;
         if block.block.header.height != height {
-            return Err(AnswerError::Certificate(CertificateError::WrongHeight {
+            return Err(AnswerError::WrongHeight {
                 expected: height,
                 found: block.block.header.height,
-            }));
+            });
         }
         self.verify_block(node, block)
     }
@@ -785,9 +795,7 @@ impl LightClient {
         block: CommittedBlock,
     ) -> Result<VerifiedBlock, AnswerError> {
         if node >= self.nodes.len() {
-            return Err(AnswerError::Node(NodeError::Transport(format!(
-                "no node number {node}"
-            ))));
+            return Err(AnswerError::NoSuchNode(node));
         }
         let header = &block.block.header;
         if header.epoch > self.trusted.epoch {
@@ -824,12 +832,7 @@ impl LightClient {
             Some(r) if r.is_active() && r.agreement_key.0 == *agreement_key => {
                 Ok(lookup.proof.to_bytes())
             }
-            _ => Err(LightError::AllNodesFailed(vec![NodeFailure {
-                node: lookup.source,
-                error: AnswerError::Node(NodeError::Malformed(format!(
-                    "{name} is not registered and active with this device's agreement key"
-                ))),
-            }])),
+            _ => Err(LightError::NotStapleable(name.clone())),
         }
     }
 }

@@ -382,6 +382,28 @@ fn submit_and_wait(
     }
 }
 
+/// Confirms a commit a node reported at `height` by a verified look-up of
+/// `name`: `effect` must hold for the verified record.
+fn confirm_effect(
+    light: &mut LightClient,
+    name: &DeviceName,
+    height: u64,
+    what: &str,
+    effect: impl Fn(Option<&DeviceRecord>) -> bool,
+) -> Result<VerifiedLookup> {
+    let found = light.lookup(name)?;
+    if found.header.height < height {
+        bail!(
+            "a node reported the commit at height {height}, but the freshest verified state is height {}; confirm later with `keyreg lookup {name}`",
+            found.header.height
+        );
+    }
+    if !effect(found.record.as_ref()) {
+        bail!("a node reported the commit at height {height}, but the verified record of {name} does not show {what}");
+    }
+    Ok(found)
+}
+
 fn register(cli: &Cli, args: &RegisterArgs) -> Result<Output> {
     let mut light = cli.light_client()?;
     let chain_id = light.chain_id().to_string();
@@ -398,14 +420,10 @@ fn register(cli: &Cli, args: &RegisterArgs) -> Result<Output> {
                 bail!("internal error: a lot produced a non-lot transaction");
             };
             // A lot applies all-or-nothing: one verified record proves it.
-            if let (Some(_), Some(last)) = (committed, devices.last()) {
-                let found = light.lookup(&last.name)?;
-                if found
-                    .record
-                    .is_none_or(|r| r.signing_key != last.signing_key)
-                {
-                    bail!("the node reported a commit, but the verified record of {} does not carry its key", last.name);
-                }
+            if let (Some(height), Some(last)) = (committed, devices.last()) {
+                confirm_effect(&mut light, &last.name, height, "its key", |r| {
+                    r.is_some_and(|r| r.signing_key == last.signing_key)
+                })?;
             }
             progress.inc(devices.len() as u64);
             results.push(result);
@@ -440,15 +458,13 @@ fn register(cli: &Cli, args: &RegisterArgs) -> Result<Output> {
         device.name,
         result["status"].as_str().unwrap_or("?")
     );
-    if committed.is_some() {
+    if let Some(height) = committed {
         // Trust nothing the node said: confirm the effect by a verified look-up.
-        let found = light.lookup(&device.name)?;
-        match &found.record {
-            Some(r) if r.signing_key == device.current.signing.public() => {
-                text.push_str(&format!(" (verified at height {})", found.header.height))
-            }
-            _ => bail!("the node reported a commit, but the verified record does not carry this device's key"),
-        }
+        let key = device.current.signing.public();
+        let found = confirm_effect(&mut light, &device.name, height, "this device's key", |r| {
+            r.is_some_and(|r| r.signing_key == key)
+        })?;
+        text.push_str(&format!(" (verified at height {})", found.header.height));
         cli.save(&light)?;
     }
     Ok(Output { text, json: result })
@@ -500,7 +516,7 @@ fn rotate(cli: &Cli, args: &RotateArgs) -> Result<Output> {
     // still commit (the next run then completes it), a rejected one is
     // retried with the same keys.
     let (result, committed) = submit_and_wait(&cli.node_clients(), &tx, &args.wait)?;
-    if committed.is_none() {
+    let Some(height) = committed else {
         return Ok(Output {
             text: format!(
                 "{}: rotation submitted; run rotate again to complete it",
@@ -508,13 +524,13 @@ fn rotate(cli: &Cli, args: &RotateArgs) -> Result<Output> {
             ),
             json: result,
         });
-    }
-    let found = light.lookup(&keys.name)?;
-    let Some(now) = found
-        .record
-        .filter(|r| r.signing_key == new.signing.public())
-    else {
-        bail!("the node reported a commit, but the verified record does not carry the new key");
+    };
+    let new_key = new.signing.public();
+    let found = confirm_effect(&mut light, &keys.name, height, "the new key", |r| {
+        r.is_some_and(|r| r.signing_key == new_key)
+    })?;
+    let Some(now) = found.record.clone() else {
+        bail!("internal error: a confirmed record vanished");
     };
     keys.current = new;
     keys.pending_rotation = None;
@@ -585,15 +601,14 @@ fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<Output> {
         "{name}: revocation {}",
         result["status"].as_str().unwrap_or("?")
     );
-    if committed.is_some() {
-        let found = light.lookup(&name)?;
-        match found.record {
-            Some(r) if !r.is_active() => text.push_str(&format!(
-                " (verified revoked at height {})",
-                found.header.height
-            )),
-            _ => bail!("the node reported a commit, but the verified record is not revoked"),
-        }
+    if let Some(height) = committed {
+        let found = confirm_effect(&mut light, &name, height, "the revocation", |r| {
+            r.is_some_and(|r| !r.is_active())
+        })?;
+        text.push_str(&format!(
+            " (verified revoked at height {})",
+            found.header.height
+        ));
         cli.save(&light)?;
     }
     Ok(Output { text, json: result })
@@ -1280,7 +1295,7 @@ mod tests {
             ],
         );
         let err = output(&cli).unwrap_err().to_string();
-        assert!(err.contains("does not carry this device's key"), "{err}");
+        assert!(err.contains("does not show this device's key"), "{err}");
     }
 
     #[test]

@@ -289,16 +289,6 @@ pub fn admin_list(
     keys
 }
 
-/// A governance action's target organisation, for display.
-pub fn governance_org(action: &GovernanceAction) -> Option<&OrgId> {
-    match action {
-        GovernanceAction::AddOrg { org, .. }
-        | GovernanceAction::RemoveOrg { org }
-        | GovernanceAction::SetOrgAdmins { org, .. } => Some(org),
-        GovernanceAction::SetValidators { .. } => None,
-    }
-}
-
 #[derive(Debug, Error)]
 pub enum SubmitError {
     #[error("no node accepted the transaction: {}", describe(.0))]

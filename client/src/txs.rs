@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use keyreg_consensus::codec::{try_encode, Canonical};
 use keyreg_consensus::crypto::{Hash, SigningKey};
-use keyreg_registry::names::{DeviceName, OrgId};
+use keyreg_registry::names::DeviceName;
 use keyreg_registry::records::Metadata;
 use keyreg_registry::tx::{
     Authority, DeviceRegistration, GovernanceAction, Revocation, Rotation, Transaction, TxBody,
@@ -395,6 +395,7 @@ pub fn from_hex(text: &str) -> Result<Transaction, TxBuildError> {
 #[cfg(test)]
 mod tests {
     use keyreg_consensus::crypto::Domain;
+    use keyreg_registry::names::OrgId;
     use keyreg_registry::tx::TxError;
 
     use super::*;

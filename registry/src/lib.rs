@@ -1,1 +1,45 @@
+//! keyreg's key-registry state machine: device and organisation records,
+//! transactions and their authorisation rules, deterministic block
+//! execution over an authenticated state tree, blocks and headers, genesis,
+//! verified look-ups, and the ledger store.
+//!
+//! Layering: [`names`] and [`records`] (data model) → [`tx`] (transactions,
+//! stateless checks) → [`execute`] (state transitions over a [`state`] view)
+//! → [`block`] (headers, tx root, block checks) → [`ledger`] over a
+//! [`store`]. [`tree_state`] is the only module that talks to [`tree`].
+//! [`lookup`] holds what clients verify. See `docs/registry.md`.
 
+pub mod block;
+pub mod execute;
+pub mod genesis;
+pub mod ledger;
+pub mod lookup;
+pub mod names;
+pub mod records;
+pub mod state;
+pub mod store;
+pub mod testkit;
+pub mod tree;
+pub mod tree_state;
+pub mod tx;
+
+pub use block::{tx_root, Block, BlockError, CommittedBlock, Header, TxInclusionProof};
+pub use execute::{execute_block, execute_transactions, BlockExecution, Execution, TxResult};
+pub use genesis::{Genesis, GenesisError, GenesisOrg, GenesisState};
+pub use ledger::{Ledger, LedgerError};
+pub use lookup::{verify_device_proof, DeviceProof, ProofCheckError};
+pub use names::{DeviceName, NameError, OrgId};
+pub use records::{
+    AgreementKey, DeviceRecord, DeviceStatus, GovernanceRecord, Metadata, OrgRecord, OrgStatus,
+    ValidatorInfo,
+};
+pub use state::{RecordReader, StateError, StateView};
+#[cfg(feature = "rocksdb")]
+pub use store::RocksLedgerStore;
+pub use store::{LedgerStore, MemLedgerStore, StoreError, TxLocation};
+pub use tree_state::TreeState;
+pub use tx::{
+    check_stateless_all, proof_of_possession_message, Authority, DeviceRegistration,
+    GovernanceAction, Revocation, Rotation, SignatureRef, SignerRole, SizeLimit, Transaction,
+    TxBody, TxError, TxSignature,
+};

@@ -1,0 +1,362 @@
+//! The ledger: a store plus the head it has reached, and the operations a
+//! node performs on it (propose, validate, commit, prove, prune).
+
+use keyreg_consensus::certificate::{verify_commit, CertificateError};
+use keyreg_consensus::codec::{try_encode, Canonical};
+use keyreg_consensus::crypto::{Hash, PublicKey};
+use keyreg_consensus::validators::ValidatorSet;
+use thiserror::Error;
+
+use crate::block::{tx_root, Block, BlockError, CommittedBlock, Header, MAX_BLOCK_BYTES};
+use crate::execute::{execute_block, execute_transactions, BlockExecution};
+use crate::genesis::{Genesis, GenesisError};
+use crate::lookup::DeviceProof;
+use crate::names::{DeviceName, OrgId};
+use crate::records::{DeviceRecord, GovernanceRecord, OrgRecord, ValidatorInfo};
+use crate::state::{RecordReader, StateError};
+use crate::store::{LedgerStore, StoreError, TxLocation};
+use crate::tree_state::TreeState;
+use crate::tx::{Transaction, TxError};
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Genesis(#[from] GenesisError),
+    #[error("the store belongs to genesis {stored}, not {expected}")]
+    GenesisMismatch { stored: Hash, expected: Hash },
+    #[error("invalid block: {0}")]
+    Block(#[from] BlockError),
+    #[error("invalid commit certificate: {0}")]
+    Certificate(#[from] CertificateError),
+    #[error("the execution is for height {execution}, the block is {block}")]
+    ExecutionMismatch { execution: u64, block: u64 },
+    #[error("no {what} at height {height}")]
+    NotFound { what: &'static str, height: u64 },
+    #[error("height 0 has no certificate: proofs start at height 1")]
+    NoCertifiedBlock,
+    #[error("state of height {height} is pruned (oldest kept: {oldest})")]
+    Pruned { height: u64, oldest: u64 },
+}
+
+/// A store and its head. All writes go through [`Ledger::commit`].
+pub struct Ledger<S: LedgerStore> {
+    store: S,
+    chain_id: String,
+    genesis_hash: Hash,
+    head: Header,
+    /// The set that certifies block `head.height + 1`.
+    validator_set: ValidatorSet,
+}
+
+impl<S: LedgerStore> Ledger<S> {
+    /// Opens `store`, initialising it from `genesis` when empty, and checks
+    /// a non-empty store was built from this very genesis.
+    pub fn open(mut store: S, genesis: &Genesis) -> Result<Self, LedgerError> {
+        let genesis_hash = genesis.hash();
+        let head_height = match store.head()? {
+            None => {
+                let initial = genesis.initial_state()?;
+                store.write_genesis(&genesis_hash, &initial.header, &initial.tree_batch)?;
+                0
+            }
+            Some(height) => {
+                let stored = store.genesis_hash()?.unwrap_or(Hash::ZERO);
+                if stored != genesis_hash {
+                    return Err(LedgerError::GenesisMismatch {
+                        stored,
+                        expected: genesis_hash,
+                    });
+                }
+                height
+            }
+        };
+        let head = store.header(head_height)?.ok_or(LedgerError::NotFound {
+            what: "header",
+            height: head_height,
+        })?;
+        let validator_set = TreeState::new(&store, head_height).validator_set()?;
+        Ok(Ledger {
+            store,
+            chain_id: genesis.chain_id.clone(),
+            genesis_hash,
+            head,
+            validator_set,
+        })
+    }
+
+    pub fn chain_id(&self) -> &str {
+        &self.chain_id
+    }
+
+    pub fn genesis_hash(&self) -> Hash {
+        self.genesis_hash
+    }
+
+    pub fn head(&self) -> &Header {
+        &self.head
+    }
+
+    pub fn height(&self) -> u64 {
+        self.head.height
+    }
+
+    /// The set that certifies the next block.
+    pub fn validator_set(&self) -> &ValidatorSet {
+        &self.validator_set
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// For the node's own metadata ([`LedgerStore::put_meta`]); blocks go
+    /// through [`Ledger::commit`].
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The state after block `height`.
+    pub fn state_at(&self, height: u64) -> Result<TreeState<'_, S>, LedgerError> {
+        let oldest = self.store.oldest_tree_version()?;
+        if height < oldest {
+            return Err(LedgerError::Pruned { height, oldest });
+        }
+        if height > self.head.height {
+            return Err(LedgerError::NotFound {
+                what: "state",
+                height,
+            });
+        }
+        Ok(TreeState::new(&self.store, height))
+    }
+
+    fn head_state(&self) -> TreeState<'_, S> {
+        TreeState::new(&self.store, self.head.height)
+    }
+
+    pub fn device(&self, name: &DeviceName) -> Result<Option<DeviceRecord>, LedgerError> {
+        Ok(self.head_state().device(name)?)
+    }
+
+    pub fn org(&self, org: &OrgId) -> Result<Option<OrgRecord>, LedgerError> {
+        Ok(self.head_state().org(org)?)
+    }
+
+    pub fn governance(&self) -> Result<GovernanceRecord, LedgerError> {
+        Ok(self.head_state().governance()?)
+    }
+
+    /// The set that certifies block `height + 1` (light clients check it
+    /// against `header(height).next_validator_set_hash`).
+    pub fn validator_set_after(&self, height: u64) -> Result<ValidatorSet, LedgerError> {
+        Ok(self.state_at(height)?.validator_set()?)
+    }
+
+    /// The validators (with network addresses) that certify the next block.
+    pub fn validators(&self) -> Result<Vec<ValidatorInfo>, LedgerError> {
+        Ok(self.head_state().validators()?)
+    }
+
+    /// The mempool's admission check: stateless checks, the transaction
+    /// index (an already committed transaction is a [`TxError::Replay`]), and
+    /// a dry run against the head state.
+    pub fn check_tx(&self, tx: &Transaction) -> Result<Result<(), TxError>, LedgerError> {
+        if self.store.tx_location(&tx.hash())?.is_some() {
+            return Ok(Err(TxError::Replay));
+        }
+        let dry_run = execute_transactions(
+            &self.head_state(),
+            &self.chain_id,
+            std::slice::from_ref(tx),
+            self.head.height + 1,
+            self.head.timestamp_ms + 1,
+        )?;
+        Ok(dry_run.results.into_iter().next().unwrap_or(Ok(())))
+    }
+
+    /// Executes `txs` as the next block without writing anything.
+    pub fn execute(
+        &self,
+        txs: &[Transaction],
+        timestamp_ms: u64,
+    ) -> Result<BlockExecution, LedgerError> {
+        Ok(execute_block(
+            &self.store,
+            &self.chain_id,
+            txs,
+            self.head.height + 1,
+            timestamp_ms,
+        )?)
+    }
+
+    /// Builds the next block from the longest prefix of `txs` that fits the
+    /// block size limit, and its execution.
+    pub fn propose(
+        &self,
+        mut txs: Vec<Transaction>,
+        timestamp_ms: u64,
+        proposer: PublicKey,
+    ) -> Result<(Block, BlockExecution), LedgerError> {
+        // Header, version byte and length prefix: well under 1 KiB.
+        let mut size = 1024usize;
+        let fitting = txs
+            .iter()
+            .take_while(|tx| {
+                size += try_encode(*tx).map_or(usize::MAX / 2, |b| b.len());
+                size <= MAX_BLOCK_BYTES
+            })
+            .count();
+        txs.truncate(fitting);
+        let execution = self.execute(&txs, timestamp_ms)?;
+        let header = Header {
+            version: Header::VERSION,
+            chain_id: self.chain_id.clone(),
+            epoch: execution.validator_set.epoch,
+            height: execution.height,
+            prev_hash: self.head.hash(),
+            timestamp_ms,
+            proposer,
+            tx_root: tx_root(&txs.iter().map(Transaction::hash).collect::<Vec<_>>()),
+            state_root: execution.state_root,
+            validator_set_hash: execution.validator_set.hash(),
+            next_validator_set_hash: execution.next_validator_set.hash(),
+        };
+        let block = Block {
+            version: Block::VERSION,
+            header,
+            transactions: txs,
+        };
+        Ok((block, execution))
+    }
+
+    /// Checks a proposed next block against the head and by executing it.
+    pub fn validate(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
+        block.check_against_parent(&self.chain_id, &self.head)?;
+        let execution = self.execute(&block.transactions, block.header.timestamp_ms)?;
+        execution.check_header(&block.header)?;
+        Ok(execution)
+    }
+
+    /// Appends a committed block, given its execution (from
+    /// [`validate`](Self::validate) or [`propose`](Self::propose)). Checks
+    /// the block against the head, the execution against the header and the
+    /// certificate against the current validator set, then writes
+    /// everything in one atomic store write.
+    pub fn commit(
+        &mut self,
+        committed: &CommittedBlock,
+        execution: BlockExecution,
+    ) -> Result<(), LedgerError> {
+        let header = &committed.block.header;
+        if execution.height != header.height {
+            return Err(LedgerError::ExecutionMismatch {
+                execution: execution.height,
+                block: header.height,
+            });
+        }
+        committed
+            .block
+            .check_against_parent(&self.chain_id, &self.head)?;
+        execution.check_header(header)?;
+        verify_commit(
+            &self.chain_id,
+            &self.validator_set,
+            header.height,
+            &header.hash(),
+            &committed.certificate,
+        )?;
+        self.store
+            .write_block(committed, &execution.tree_batch, &execution.results)?;
+        self.head = header.clone();
+        self.validator_set = execution.next_validator_set;
+        Ok(())
+    }
+
+    /// Validates and commits a block received from elsewhere (catch-up, replay).
+    pub fn apply_committed(&mut self, committed: &CommittedBlock) -> Result<(), LedgerError> {
+        let execution = self.validate(&committed.block)?;
+        self.commit(committed, execution)
+    }
+
+    pub fn block(&self, height: u64) -> Result<Option<Block>, LedgerError> {
+        Ok(self.store.block(height)?)
+    }
+
+    pub fn header(&self, height: u64) -> Result<Option<Header>, LedgerError> {
+        Ok(self.store.header(height)?)
+    }
+
+    /// Block `height` (>= 1) with its certificate.
+    pub fn committed_block(&self, height: u64) -> Result<Option<CommittedBlock>, LedgerError> {
+        let (Some(block), Some(certificate)) =
+            (self.store.block(height)?, self.store.certificate(height)?)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(CommittedBlock {
+            version: CommittedBlock::VERSION,
+            block,
+            certificate,
+        }))
+    }
+
+    pub fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, LedgerError> {
+        Ok(self.store.tx_location(tx_hash)?)
+    }
+
+    /// A proof of `name`'s record (or absence) at the head.
+    pub fn device_proof(&self, name: &DeviceName) -> Result<DeviceProof, LedgerError> {
+        self.device_proof_at(name, self.head.height)
+    }
+
+    /// A proof of `name`'s record (or absence) after block `height` (>= 1).
+    pub fn device_proof_at(
+        &self,
+        name: &DeviceName,
+        height: u64,
+    ) -> Result<DeviceProof, LedgerError> {
+        if height == 0 {
+            return Err(LedgerError::NoCertifiedBlock);
+        }
+        let state = self.state_at(height)?;
+        let header = self.store.header(height)?.ok_or(LedgerError::NotFound {
+            what: "header",
+            height,
+        })?;
+        let certificate = self
+            .store
+            .certificate(height)?
+            .ok_or(LedgerError::NotFound {
+                what: "certificate",
+                height,
+            })?;
+        let (value, proof) = state.prove(&name.state_key())?;
+        let record = value
+            .map(|bytes| {
+                DeviceRecord::from_bytes(&bytes).map_err(|e| StateError::Corrupt {
+                    key: name.state_key(),
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()?;
+        Ok(DeviceProof {
+            version: DeviceProof::VERSION,
+            name: name.clone(),
+            record,
+            proof,
+            header,
+            certificate,
+        })
+    }
+
+    /// Keeps the tree versions of the last `keep_last` (>= 1) heights and
+    /// deletes nodes only older versions use. Blocks are kept.
+    pub fn prune(&mut self, keep_last: u64) -> Result<u64, LedgerError> {
+        let oldest_kept = (self.head.height + 1).saturating_sub(keep_last.max(1));
+        Ok(self.store.prune_tree(oldest_kept)?)
+    }
+}

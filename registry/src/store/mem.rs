@@ -1,0 +1,129 @@
+//! An in-memory ledger store (tests, simulations, ephemeral nodes).
+
+use std::collections::{BTreeMap, HashMap};
+
+use keyreg_consensus::certificate::CommitCertificate;
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::crypto::Hash;
+
+use super::{check_append, LedgerStore, StoreError, TxLocation};
+use crate::block::{Block, CommittedBlock, Header};
+use crate::execute::TxResult;
+use crate::tree::{MemNodeStore, Node, NodeKey, NodeReader, TreeBatch, TreeError};
+
+#[derive(Clone, Debug, Default)]
+pub struct MemLedgerStore {
+    nodes: MemNodeStore,
+    blocks: Vec<Block>,
+    certificates: BTreeMap<u64, CommitCertificate>,
+    txs: HashMap<Hash, TxLocation>,
+    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    genesis_hash: Option<Hash>,
+    oldest_tree_version: u64,
+}
+
+impl MemLedgerStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of stored tree nodes (to observe pruning).
+    pub fn tree_node_count(&self) -> usize {
+        self.nodes.node_count()
+    }
+}
+
+impl NodeReader for MemLedgerStore {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        self.nodes.get_node(key)
+    }
+}
+
+impl LedgerStore for MemLedgerStore {
+    fn head(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.blocks.last().map(|b| b.header.height))
+    }
+
+    fn genesis_hash(&self) -> Result<Option<Hash>, StoreError> {
+        Ok(self.genesis_hash)
+    }
+
+    fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        Ok(self.block(height)?.map(|b| b.header))
+    }
+
+    fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        let index = usize::try_from(height).unwrap_or(usize::MAX);
+        Ok(self.blocks.get(index).cloned())
+    }
+
+    fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
+        Ok(self.certificates.get(&height).cloned())
+    }
+
+    fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StoreError> {
+        Ok(self.txs.get(tx_hash).cloned())
+    }
+
+    fn write_genesis(
+        &mut self,
+        genesis_hash: &Hash,
+        header: &Header,
+        tree: &TreeBatch,
+    ) -> Result<(), StoreError> {
+        if !self.blocks.is_empty() || header.height != 0 || tree.version != 0 {
+            return Err(StoreError::Order("genesis into a non-empty store".into()));
+        }
+        self.nodes.write(tree);
+        self.blocks.push(Block {
+            version: Block::VERSION,
+            header: header.clone(),
+            transactions: Vec::new(),
+        });
+        self.genesis_hash = Some(*genesis_hash);
+        Ok(())
+    }
+
+    fn write_block(
+        &mut self,
+        committed: &CommittedBlock,
+        tree: &TreeBatch,
+        results: &[TxResult],
+    ) -> Result<(), StoreError> {
+        check_append(self.head()?, committed, tree, results)?;
+        let height = committed.block.header.height;
+        for (index, (tx, result)) in committed.block.transactions.iter().zip(results).enumerate() {
+            // The first commit of a hash wins; a later copy was a rejected replay.
+            self.txs.entry(tx.hash()).or_insert_with(|| TxLocation {
+                version: TxLocation::VERSION,
+                height,
+                index: index as u32,
+                result: result.clone(),
+            });
+        }
+        self.nodes.write(tree);
+        self.certificates
+            .insert(height, committed.certificate.clone());
+        self.blocks.push(committed.block.clone());
+        Ok(())
+    }
+
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.meta.insert(key.to_vec(), value.to_vec());
+        Ok(())
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.meta.get(key).cloned())
+    }
+
+    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {
+        let deleted = self.nodes.prune(oldest_kept_version);
+        self.oldest_tree_version = self.oldest_tree_version.max(oldest_kept_version);
+        Ok(deleted as u64)
+    }
+
+    fn oldest_tree_version(&self) -> Result<u64, StoreError> {
+        Ok(self.oldest_tree_version)
+    }
+}

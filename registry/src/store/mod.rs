@@ -1,0 +1,130 @@
+//! Ledger storage: blocks, certificates, tree nodes, the transaction index
+//! and the node's own metadata.
+//!
+//! [`LedgerStore::write_block`] is the one way a block enters a store: the
+//! block, its certificate, its tree nodes and stale-node index entries, its
+//! transaction-index entries and the new head go in one atomic write, so a
+//! crash leaves either the old head or the new one, never a mixture.
+
+mod mem;
+#[cfg(feature = "rocksdb")]
+mod rocks;
+
+use bincode::{Decode, Encode};
+use keyreg_consensus::certificate::CommitCertificate;
+use keyreg_consensus::codec::{Canonical, CodecError};
+use keyreg_consensus::crypto::Hash;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::block::{Block, CommittedBlock, Header};
+use crate::execute::TxResult;
+use crate::tree::{NodeReader, TreeBatch};
+
+pub use mem::MemLedgerStore;
+#[cfg(feature = "rocksdb")]
+pub use rocks::RocksLedgerStore;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("storage backend: {0}")]
+    Backend(String),
+    #[error("stored {what} does not decode: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: CodecError,
+    },
+    #[error("write out of order: {0}")]
+    Order(String),
+}
+
+/// Where a committed transaction is, and what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct TxLocation {
+    pub version: u8,
+    pub height: u64,
+    pub index: u32,
+    pub result: TxResult,
+}
+
+impl Canonical for TxLocation {
+    const VERSION: u8 = 1;
+    fn version(&self) -> u8 {
+        self.version
+    }
+}
+
+/// A ledger's durable state. Implementations: [`MemLedgerStore`] and, with
+/// feature `rocksdb`, `RocksLedgerStore`.
+pub trait LedgerStore: NodeReader {
+    /// Height of the newest block (0: genesis only); `None` for an empty store.
+    fn head(&self) -> Result<Option<u64>, StoreError>;
+    /// The genesis hash the store was initialised with.
+    fn genesis_hash(&self) -> Result<Option<Hash>, StoreError>;
+    fn header(&self, height: u64) -> Result<Option<Header>, StoreError>;
+    fn block(&self, height: u64) -> Result<Option<Block>, StoreError>;
+    /// `None` for height 0 (genesis is trusted by its hash).
+    fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError>;
+    fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StoreError>;
+    /// Initialises an empty store with the genesis header and tree version 0.
+    fn write_genesis(
+        &mut self,
+        genesis_hash: &Hash,
+        header: &Header,
+        tree: &TreeBatch,
+    ) -> Result<(), StoreError>;
+    /// Appends the block at `head + 1` with its tree nodes and per-transaction
+    /// results, atomically and durably.
+    fn write_block(
+        &mut self,
+        committed: &CommittedBlock,
+        tree: &TreeBatch,
+        results: &[TxResult],
+    ) -> Result<(), StoreError>;
+    /// The node's own durable key/value pairs (e.g. consensus safety state);
+    /// written synchronously, in a namespace of their own.
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Deletes tree nodes that no version `>= oldest_kept_version` uses.
+    /// Returns how many nodes were deleted.
+    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError>;
+    /// The oldest tree version still readable (0 until pruned).
+    fn oldest_tree_version(&self) -> Result<u64, StoreError>;
+}
+
+/// The checks every store makes before appending a block.
+fn check_append(
+    head: Option<u64>,
+    committed: &CommittedBlock,
+    tree: &TreeBatch,
+    results: &[TxResult],
+) -> Result<(), StoreError> {
+    let height = committed.block.header.height;
+    let Some(head) = head else {
+        return Err(StoreError::Order("store has no genesis".into()));
+    };
+    if height != head + 1 || tree.version != height {
+        return Err(StoreError::Order(format!(
+            "block {height} / tree version {} after head {head}",
+            tree.version
+        )));
+    }
+    if tree.root != committed.block.header.state_root {
+        return Err(StoreError::Order(
+            "tree batch root differs from the header's state root".into(),
+        ));
+    }
+    if results.len() != committed.block.transactions.len() {
+        return Err(StoreError::Order(format!(
+            "{} results for {} transactions",
+            results.len(),
+            committed.block.transactions.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(feature = "rocksdb")]
+fn decode_stored<T: Canonical>(what: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    T::from_bytes(bytes).map_err(|source| StoreError::Corrupt { what, source })
+}

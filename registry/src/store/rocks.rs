@@ -1,0 +1,289 @@
+//! The RocksDB ledger store (feature `rocksdb`).
+//!
+//! Column families (heights are 8-byte big-endian so keys sort by height):
+//!
+//! | family    | key                              | value                       |
+//! |-----------|----------------------------------|-----------------------------|
+//! | `blocks`  | height                           | [`Block`] bytes             |
+//! | `headers` | height                           | [`Header`] bytes            |
+//! | `certs`   | height (>= 1)                    | [`CommitCertificate`] bytes |
+//! | `nodes`   | `NodeKey::to_bytes()`            | `Node::to_bytes()`          |
+//! | `stale`   | `StaleNode::to_bytes()`          | empty                       |
+//! | `txs`     | tx hash                          | [`TxLocation`] bytes        |
+//! | `meta`    | `keyreg/…` (ours), `node/…` (the node's) | bytes               |
+//!
+//! Every write is one `WriteBatch` written with `sync = true`.
+
+use std::path::Path;
+
+use keyreg_consensus::certificate::CommitCertificate;
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::crypto::Hash;
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+
+use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
+use crate::block::{Block, CommittedBlock, Header};
+use crate::execute::TxResult;
+use crate::tree::{Node, NodeKey, NodeReader, StaleNode, TreeBatch, TreeError};
+
+const CF_BLOCKS: &str = "blocks";
+const CF_HEADERS: &str = "headers";
+const CF_CERTS: &str = "certs";
+const CF_NODES: &str = "nodes";
+const CF_STALE: &str = "stale";
+const CF_TXS: &str = "txs";
+const CF_META: &str = "meta";
+const COLUMN_FAMILIES: [&str; 7] = [
+    CF_BLOCKS, CF_HEADERS, CF_CERTS, CF_NODES, CF_STALE, CF_TXS, CF_META,
+];
+
+const META_HEAD: &[u8] = b"keyreg/head";
+const META_GENESIS: &[u8] = b"keyreg/genesis";
+const META_OLDEST_TREE: &[u8] = b"keyreg/oldest-tree-version";
+const NODE_META_PREFIX: &[u8] = b"node/";
+/// Stale entries deleted per write batch while pruning (bounds memory).
+const PRUNE_CHUNK: usize = 10_000;
+
+fn backend(e: rocksdb::Error) -> StoreError {
+    StoreError::Backend(e.into_string())
+}
+
+fn height_key(height: u64) -> [u8; 8] {
+    height.to_be_bytes()
+}
+
+fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Backend(format!("stored {what} is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+fn node_meta_key(key: &[u8]) -> Vec<u8> {
+    let mut k = NODE_META_PREFIX.to_vec();
+    k.extend_from_slice(key);
+    k
+}
+
+pub struct RocksLedgerStore {
+    db: DB,
+    head: Option<u64>,
+}
+
+impl RocksLedgerStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(backend)?;
+        let mut store = RocksLedgerStore { db, head: None };
+        store.head = store
+            .get(CF_META, META_HEAD)?
+            .map(|b| decode_u64("head", &b))
+            .transpose()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Backend(format!("column family {name} missing")))
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf(cf)?, key).map_err(backend)
+    }
+
+    fn get_decoded<T: Canonical>(
+        &self,
+        cf: &'static str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        self.get(cf, key)?
+            .map(|b| decode_stored(cf, &b))
+            .transpose()
+    }
+
+    fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(backend)
+    }
+
+    fn add_tree_batch(&self, batch: &mut WriteBatch, tree: &TreeBatch) -> Result<(), StoreError> {
+        let nodes = self.cf(CF_NODES)?;
+        for (key, node) in &tree.new_nodes {
+            batch.put_cf(nodes, key.to_bytes(), node.to_bytes());
+        }
+        let stale = self.cf(CF_STALE)?;
+        for entry in &tree.stale_nodes {
+            batch.put_cf(stale, entry.to_bytes(), []);
+        }
+        Ok(())
+    }
+}
+
+impl NodeReader for RocksLedgerStore {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        let bytes = self
+            .get(CF_NODES, &key.to_bytes())
+            .map_err(|e| TreeError::Store(e.to_string()))?;
+        Ok(bytes.map(|b| Node::from_bytes(&b)).transpose()?)
+    }
+}
+
+impl LedgerStore for RocksLedgerStore {
+    fn head(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.head)
+    }
+
+    fn genesis_hash(&self) -> Result<Option<Hash>, StoreError> {
+        self.get(CF_META, META_GENESIS)?
+            .map(|b| {
+                Hash::from_slice(&b)
+                    .map_err(|_| StoreError::Backend("stored genesis hash is not 32 bytes".into()))
+            })
+            .transpose()
+    }
+
+    fn header(&self, height: u64) -> Result<Option<Header>, StoreError> {
+        self.get_decoded(CF_HEADERS, &height_key(height))
+    }
+
+    fn block(&self, height: u64) -> Result<Option<Block>, StoreError> {
+        self.get_decoded(CF_BLOCKS, &height_key(height))
+    }
+
+    fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError> {
+        self.get_decoded(CF_CERTS, &height_key(height))
+    }
+
+    fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StoreError> {
+        self.get_decoded(CF_TXS, &tx_hash.0)
+    }
+
+    fn write_genesis(
+        &mut self,
+        genesis_hash: &Hash,
+        header: &Header,
+        tree: &TreeBatch,
+    ) -> Result<(), StoreError> {
+        if self.head.is_some() || header.height != 0 || tree.version != 0 {
+            return Err(StoreError::Order("genesis into a non-empty store".into()));
+        }
+        let block = Block {
+            version: Block::VERSION,
+            header: header.clone(),
+            transactions: Vec::new(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
+        batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
+        self.add_tree_batch(&mut batch, tree)?;
+        let meta = self.cf(CF_META)?;
+        batch.put_cf(meta, META_GENESIS, genesis_hash.0);
+        batch.put_cf(meta, META_HEAD, height_key(0));
+        self.write(batch)?;
+        self.head = Some(0);
+        Ok(())
+    }
+
+    fn write_block(
+        &mut self,
+        committed: &CommittedBlock,
+        tree: &TreeBatch,
+        results: &[TxResult],
+    ) -> Result<(), StoreError> {
+        check_append(self.head, committed, tree, results)?;
+        let block = &committed.block;
+        let height = block.header.height;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block.to_bytes());
+        batch.put_cf(
+            self.cf(CF_HEADERS)?,
+            height_key(height),
+            block.header.to_bytes(),
+        );
+        batch.put_cf(
+            self.cf(CF_CERTS)?,
+            height_key(height),
+            committed.certificate.to_bytes(),
+        );
+        self.add_tree_batch(&mut batch, tree)?;
+        let txs = self.cf(CF_TXS)?;
+        let mut seen = std::collections::HashSet::new();
+        for (index, (tx, result)) in block.transactions.iter().zip(results).enumerate() {
+            let tx_hash = tx.hash();
+            // The first commit of a hash wins; a later copy was a rejected replay.
+            if !seen.insert(tx_hash) || self.get(CF_TXS, &tx_hash.0)?.is_some() {
+                continue;
+            }
+            let location = TxLocation {
+                version: TxLocation::VERSION,
+                height,
+                index: index as u32,
+                result: result.clone(),
+            };
+            batch.put_cf(txs, tx_hash.0, location.to_bytes());
+        }
+        batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
+        self.write(batch)?;
+        self.head = Some(height);
+        Ok(())
+    }
+
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META)?, node_meta_key(key), value);
+        self.write(batch)
+    }
+
+    fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(CF_META, &node_meta_key(key))
+    }
+
+    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {
+        let mut deleted = 0u64;
+        loop {
+            // Oldest first: the stale index is keyed by stale-since version.
+            let mut chunk = Vec::new();
+            for item in self.db.iterator_cf(self.cf(CF_STALE)?, IteratorMode::Start) {
+                let (key, _) = item.map_err(backend)?;
+                let entry = StaleNode::from_bytes(&key)
+                    .map_err(|e| StoreError::Backend(format!("stale index entry: {e}")))?;
+                if entry.stale_since_version > oldest_kept_version || chunk.len() == PRUNE_CHUNK {
+                    break;
+                }
+                chunk.push((key, entry));
+            }
+            let done = chunk.len() < PRUNE_CHUNK;
+            let mut batch = WriteBatch::default();
+            for (key, entry) in &chunk {
+                batch.delete_cf(self.cf(CF_NODES)?, entry.node_key.to_bytes());
+                batch.delete_cf(self.cf(CF_STALE)?, key);
+            }
+            deleted += chunk.len() as u64;
+            if done {
+                let oldest = self.oldest_tree_version()?.max(oldest_kept_version);
+                batch.put_cf(self.cf(CF_META)?, META_OLDEST_TREE, height_key(oldest));
+                self.write(batch)?;
+                return Ok(deleted);
+            }
+            self.write(batch)?;
+        }
+    }
+
+    fn oldest_tree_version(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .get(CF_META, META_OLDEST_TREE)?
+            .map(|b| decode_u64("oldest tree version", &b))
+            .transpose()?
+            .unwrap_or(0))
+    }
+}

@@ -53,7 +53,7 @@ pub enum ValidatorSetError {
 impl ValidatorSet {
     /// Builds a set, sorting by key and checking every invariant.
     pub fn new(epoch: u64, mut validators: Vec<Validator>) -> Result<Self, ValidatorSetError> {
-        validators.sort_by(|a, b| a.key.cmp(&b.key));
+        validators.sort_by_key(|v| v.key);
         let set = ValidatorSet {
             version: Self::VERSION,
             epoch,

@@ -8,12 +8,26 @@
 //! * [`certificate`]: vote sign-bytes, commit certificates and
 //!   [`verify_commit`](certificate::verify_commit), which light clients and
 //!   auditors reuse.
+//! * [`messages`]: signed proposals and votes, their wire form, evidence.
+//! * [`engine`]: the sans-IO Tendermint state machine.
+//! * [`sim`]: a deterministic multi-validator simulator with fault injection.
 
 pub mod certificate;
 pub mod codec;
 pub mod crypto;
+pub mod engine;
+pub mod messages;
+pub mod sim;
 pub mod validators;
 
 pub use certificate::{verify_commit, CertificateError, CommitCertificate, VoteData, VoteKind};
 pub use crypto::{Domain, Hash, PublicKey, Signature, SigningKey};
+pub use engine::{
+    proposer_index, Action, Config, Engine, EngineError, EngineStats, Event, SafetyState, Step,
+    Timeout, TimeoutKind,
+};
+pub use messages::{
+    decode_message, Evidence, EvidenceError, Message, MessageBody, MessageError, Offence, Payload,
+    ProposalData, Signed, SignedProposal, SignedVote,
+};
 pub use validators::{Validator, ValidatorSet};

@@ -11,6 +11,7 @@
 
 pub mod block;
 pub mod execute;
+pub mod export;
 pub mod genesis;
 pub mod ledger;
 pub mod lookup;

@@ -166,7 +166,7 @@ impl HistoryTracker {
         let agrees = last.signing_key == record.signing_key
             && last.agreement_key == record.agreement_key
             && last.key_version == record.key_version
-            && last.revoked == !record.is_active();
+            && last.revoked != record.is_active();
         if !agrees {
             return Err(self.error(height, format!("recorded {last:?}, state holds {record:?}")));
         }

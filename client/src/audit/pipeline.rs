@@ -71,7 +71,7 @@ fn consume(
                     replay.audit_block(block)?;
                     progress.advance(replay.height(), txs);
                     if let Some(cp) = &opts.checkpoint {
-                        if cp.every > 0 && replay.height() % cp.every == 0 {
+                        if cp.every > 0 && replay.height().is_multiple_of(cp.every) {
                             save_checkpoint(&cp.path, &replay.checkpoint()?)?;
                         }
                     }

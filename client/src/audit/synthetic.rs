@@ -215,7 +215,7 @@ pub fn synthetic_ledger(
                     chain.revoke(&name)?
                 }
                 _ => {
-                    let org = if registered % 2 == 0 {
+                    let org = if registered.is_multiple_of(2) {
                         "acme"
                     } else {
                         "globex"
@@ -238,7 +238,7 @@ pub fn synthetic_ledger(
         chain.commit(txs)?;
         // Devices registered or rotated in this block change again only later.
         for (i, name) in fresh.into_iter().enumerate() {
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 rotatable.push_back(name);
             } else {
                 revocable.push_back(name);

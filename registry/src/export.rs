@@ -436,7 +436,9 @@ impl<R: Read> ExportReader<R> {
     }
 
     /// The next block, decoded.
-    pub fn next_block(&mut self) -> Result<Option<Result<CommittedBlock, CodecError>>, ExportError> {
+    pub fn next_block(
+        &mut self,
+    ) -> Result<Option<Result<CommittedBlock, CodecError>>, ExportError> {
         Ok(self
             .next_block_bytes()?
             .map(|bytes| CommittedBlock::from_bytes(&bytes)))
@@ -470,7 +472,11 @@ mod tests {
         let net = TestNet::new("export-test", 4, &["acme"], 1);
         let mut ledger = Ledger::open(MemLedgerStore::new(), &net.genesis).unwrap();
         let blocks: Vec<CommittedBlock> = (0..n)
-            .map(|_| commit_next(&mut ledger, &net.validator_keys, vec![]).unwrap().0)
+            .map(|_| {
+                commit_next(&mut ledger, &net.validator_keys, vec![])
+                    .unwrap()
+                    .0
+            })
             .collect();
         let header = ExportHeader {
             version: ExportHeader::VERSION,
@@ -517,7 +523,8 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    ExportError::Frame(FrameError::Truncated { .. }) | ExportError::Incomplete { .. }
+                    ExportError::Frame(FrameError::Truncated { .. })
+                        | ExportError::Incomplete { .. }
                 ),
                 "cut at {cut}: {err}"
             );
@@ -534,7 +541,10 @@ mod tests {
         bad.extend_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(
             read_all(&bad),
-            Err(ExportError::Frame(FrameError::RecordTooLarge { index: 1, .. }))
+            Err(ExportError::Frame(FrameError::RecordTooLarge {
+                index: 1,
+                ..
+            }))
         ));
     }
 
@@ -574,7 +584,10 @@ mod tests {
         w.write(&blocks[0]).unwrap();
         assert!(matches!(
             w.finish(),
-            Err(ExportError::Incomplete { written: 1, head: 3 })
+            Err(ExportError::Incomplete {
+                written: 1,
+                head: 3
+            })
         ));
         let wrong_head = ExportHeader {
             head_hash: Hash([7; 32]),

@@ -95,12 +95,13 @@ fn feed(
     out: SyncSender<Feed>,
 ) {
     let max_blocks = opts.window_blocks.max(1);
+    let max_txs = opts.window_txs.max(1);
     loop {
         let window_start = next;
         let mut window = Vec::new();
         let mut txs = 0usize;
         let mut stop = None;
-        while stop.is_none() && window.len() < max_blocks && txs < opts.window_txs {
+        while stop.is_none() && window.len() < max_blocks && txs < max_txs {
             let want = (max_blocks - window.len()).min(MAX_PAGE_BLOCKS);
             match source.fetch(next, want) {
                 Err(e) => stop = Some(Feed::Failed(e.into())),

@@ -88,10 +88,13 @@ struct BlocksResponse {
     blocks: Vec<String>,
 }
 
-/// A status response is small; a block page is at most a page of largest
-/// blocks, hex-encoded, plus JSON punctuation.
+/// A status response is small.
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
-const MAX_BLOCKS_PAGE_BYTES: u64 = (MAX_PAGE_BLOCKS * (2 * MAX_EXPORT_RECORD_BYTES + 16)) as u64;
+
+/// A page of `blocks` largest blocks, hex-encoded, plus JSON punctuation.
+fn max_page_bytes(blocks: usize) -> u64 {
+    (blocks * (2 * MAX_EXPORT_RECORD_BYTES + 16) + 1024) as u64
+}
 
 impl HttpSource {
     /// `base_url` like `http://10.0.0.1:8080` (no trailing `/v1`); `timeout`
@@ -152,7 +155,7 @@ impl BlockSource for HttpSource {
         let remaining = usize::try_from(head - from + 1).unwrap_or(usize::MAX);
         let limit = max.min(MAX_PAGE_BLOCKS).min(remaining).max(1);
         let path = format!("/v1/blocks?from={from}&limit={limit}");
-        let page: BlocksResponse = self.get_json(&path, MAX_BLOCKS_PAGE_BYTES)?;
+        let page: BlocksResponse = self.get_json(&path, max_page_bytes(limit))?;
         if page.blocks.len() > limit {
             return Err(SourceError::TooMany {
                 asked: limit,

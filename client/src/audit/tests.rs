@@ -129,11 +129,13 @@ fn flipped_transaction_signature_names_the_transaction() {
     let height = 3;
     let tx = &block(height).block.transactions[4];
     let signature = tx.signatures[0].signature.0;
-    expect_divergence(
-        audit(flipped(height, &signature)),
-        height,
-        AuditObject::TransactionSignature(4),
+    let result = audit(flipped(height, &signature));
+    let message = result.as_ref().map_err(ToString::to_string).unwrap_err();
+    assert!(
+        message.starts_with("divergence at height 3: transaction 4 signature: expected"),
+        "{message}"
     );
+    expect_divergence(result, height, AuditObject::TransactionSignature(4));
 }
 
 #[test]
@@ -438,4 +440,70 @@ fn progress_sees_every_block() {
     let summary = run_audit(&options(chain().genesis()), mem_source(), &mut count).unwrap();
     assert_eq!(count.0, summary.blocks);
     assert_eq!(count.1, summary.transactions.total);
+}
+
+/// Serves the chain's `/v1/status` and `/v1/blocks` pages over HTTP/1.1,
+/// one request per connection, until asked for `/quit`.
+fn serve_chain(listener: std::net::TcpListener, source: MemSource) {
+    use std::io::{BufRead, BufReader, Write};
+    for stream in listener.incoming() {
+        let mut stream = stream.unwrap();
+        let mut request_line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut request_line)
+            .unwrap();
+        let path = request_line.split(' ').nth(1).unwrap_or("").to_string();
+        let body = if path == "/v1/status" {
+            serde_json::json!({
+                "chain_id": source.info.chain_id,
+                "genesis_hash": source.info.genesis_hash,
+                "height": source.info.head.height,
+                "head_hash": source.info.head.hash,
+                "state_root": Hash::ZERO,
+                "epoch": 0, "peers": 0, "syncing": false, "is_validator": false, "mempool": 0,
+            })
+        } else if let Some(query) = path.strip_prefix("/v1/blocks?") {
+            let param = |name: &str| -> usize {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let (from, limit) = (param("from="), param("limit="));
+            assert!(limit <= MAX_PAGE_BLOCKS);
+            let page: Vec<String> = source
+                .blocks
+                .iter()
+                .skip(from - 1)
+                .take(limit)
+                .map(hex::encode)
+                .collect();
+            let next = (from + page.len() <= source.blocks.len()).then_some(from + page.len());
+            serde_json::json!({ "blocks": page, "next": next })
+        } else {
+            return;
+        };
+        let body = body.to_string();
+        write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn http_source_audits_a_node() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || serve_chain(listener, mem_source()));
+    let source = HttpSource::new(&url, std::time::Duration::from_secs(10));
+    let result = audit(source);
+    // Stop the server whatever the outcome.
+    let _ = ureq::get(&format!("{url}/quit")).call();
+    server.join().unwrap();
+    assert_eq!(result.unwrap(), audit(mem_source()).unwrap());
 }

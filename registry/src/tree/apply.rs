@@ -35,7 +35,9 @@ impl PendingLeaf {
 }
 
 /// The new content of a subtree.
+#[derive(Default)]
 enum Pending {
+    #[default]
     Empty,
     Leaf(PendingLeaf),
     /// An internal node, already written (or kept) under `child.version`.
@@ -87,7 +89,7 @@ pub(super) fn apply<R: NodeReader + ?Sized>(
             let root = reader
                 .get_node(&root_key)?
                 .ok_or(TreeError::VersionNotFound(base))?;
-            builder.update(root_key, root, updates)?
+            builder.update(root_key, root, None, updates)?
         }
     };
     let root_hash = builder.place_root(root)?;
@@ -114,7 +116,7 @@ fn new_leaves(updates: &[Update]) -> LeafSet {
         .collect()
 }
 
-/// Splits `updates` (sorted) into runs sharing the nibble at `depth`.
+/// Splits `items` (sorted by key) into runs sharing the key nibble at `depth`.
 fn runs_by_nibble<'a, T>(
     items: &'a [T],
     depth: usize,
@@ -165,11 +167,13 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
         ));
     }
 
-    /// Applies `updates` (all under `node_key.path`) to the stored `node`.
+    /// Applies `updates` (all under `node_key.path`) to the stored `node`,
+    /// whose hash the caller may already know from the parent.
     fn update(
         &mut self,
         node_key: NodeKey,
         node: Node,
+        known_hash: Option<Hash>,
         updates: &[Update],
     ) -> Result<Pending, TreeError> {
         let path = node_key.path;
@@ -188,16 +192,16 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                     self.mark_stale(node_key);
                 } else {
                     let at = leaves.partition_point(|(k, _)| *k < existing.key);
-                    let hash = existing.hash();
+                    let hash = known_hash.unwrap_or_else(|| existing.hash());
                     leaves.insert(at, (existing.key, PendingLeaf::Stored { node_key, hash }));
                 }
                 self.build(path, leaves)
             }
             Node::Internal(internal) => {
                 self.mark_stale(node_key);
-                let mut children: [Option<Pending>; 16] = Default::default();
+                let mut children: [Pending; 16] = Default::default();
                 for (nibble, child) in internal.children() {
-                    children[usize::from(nibble)] = Some(kept(path.child(nibble), child));
+                    children[usize::from(nibble)] = kept(path.child(nibble), child);
                 }
                 for (nibble, range) in runs_by_nibble(updates, path.len(), |(k, _)| k) {
                     let run = &updates[range];
@@ -210,10 +214,10 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                                 path: child_path,
                             };
                             let child_node = read_child(self.reader, &child_key, child)?;
-                            self.update(child_key, child_node, run)?
+                            self.update(child_key, child_node, Some(child.hash), run)?
                         }
                     };
-                    children[usize::from(nibble)] = Some(result);
+                    children[usize::from(nibble)] = result;
                 }
                 self.assemble(path, children)
             }
@@ -230,10 +234,10 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
         // Distinct keys differ in some nibble, so two leaves never reach full depth.
         assert!(path.len() < KEY_NIBBLES, "distinct keys share all nibbles");
         let runs: Vec<_> = runs_by_nibble(&leaves, path.len(), |(k, _)| k).collect();
-        let mut children: [Option<Pending>; 16] = Default::default();
+        let mut children: [Pending; 16] = Default::default();
         for (nibble, range) in runs.into_iter().rev() {
             let group = leaves.split_off(range.start);
-            children[usize::from(nibble)] = Some(self.build(path.child(nibble), group)?);
+            children[usize::from(nibble)] = self.build(path.child(nibble), group)?;
         }
         self.assemble(path, children)
     }
@@ -243,34 +247,33 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
     fn assemble(
         &mut self,
         path: NibblePath,
-        mut children: [Option<Pending>; 16],
+        children: [Pending; 16],
     ) -> Result<Pending, TreeError> {
-        let occupied: Vec<usize> = (0..16)
-            .filter(|&n| !matches!(children[n], None | Some(Pending::Empty)))
+        let mut occupied: Vec<(u8, Pending)> = (0u8..)
+            .zip(children)
+            .filter(|(_, child)| !matches!(child, Pending::Empty))
             .collect();
         match occupied.as_slice() {
             [] => return Ok(Pending::Empty),
-            [only] if matches!(children[*only], Some(Pending::Leaf(_))) => {
-                return Ok(children[*only].take().unwrap_or(Pending::Empty));
-            }
+            [(_, Pending::Leaf(_))] => return Ok(occupied.swap_remove(0).1),
             _ => {}
         }
         let mut refs = Vec::with_capacity(occupied.len());
-        for nibble in occupied {
-            let child = match children[nibble].take() {
-                Some(Pending::Internal(child)) => child,
-                Some(Pending::Leaf(leaf)) => {
+        for (nibble, pending) in occupied {
+            let child = match pending {
+                Pending::Internal(child) => child,
+                Pending::Leaf(leaf) => {
                     let hash = leaf.hash();
-                    let version = self.place_leaf(path.child(nibble as u8), leaf, false)?;
+                    let version = self.place_leaf(path.child(nibble), leaf, false)?;
                     Child {
                         version,
                         hash,
                         is_leaf: true,
                     }
                 }
-                None | Some(Pending::Empty) => unreachable!("slot {nibble} was occupied"),
+                Pending::Empty => continue,
             };
-            refs.push((nibble as u8, child));
+            refs.push((nibble, child));
         }
         let node = InternalNode::from_children(refs);
         let hash = node.hash();

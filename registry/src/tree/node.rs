@@ -283,11 +283,11 @@ impl InternalNode {
     ///
     /// Panics on an invalid shape (no children, a lone leaf child, unsorted
     /// nibbles): the tree never builds one.
-    pub(crate) fn from_children(children: impl IntoIterator<Item = (u8, Child)>) -> Self {
+    pub(crate) fn from_children(children: Vec<(u8, Child)>) -> Self {
         let mut node = InternalNode {
             existence: 0,
             leaves: 0,
-            children: Vec::new(),
+            children: Vec::with_capacity(children.len()),
         };
         for (nibble, child) in children {
             assert!(nibble < 16, "nibble {nibble} out of range");

@@ -1,15 +1,16 @@
 //! An in-memory node store for tests, benches and the in-memory ledger.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
-use super::node::{Node, NodeKey, StaleNode};
+use super::node::{Node, NodeKey};
 use super::{NodeReader, TreeBatch, TreeError};
 
-/// Nodes in a hash map plus the stale index, ordered oldest first.
+/// Nodes in a hash map plus the stale index: node keys by the version
+/// since which they are stale, oldest first.
 #[derive(Clone, Debug, Default)]
 pub struct MemNodeStore {
     nodes: HashMap<NodeKey, Node>,
-    stale: BTreeSet<StaleNode>,
+    stale: BTreeMap<u64, Vec<NodeKey>>,
 }
 
 impl MemNodeStore {
@@ -20,13 +21,22 @@ impl MemNodeStore {
     /// Stores a batch's new nodes and indexes the nodes it made stale.
     pub fn write(&mut self, batch: &TreeBatch) {
         self.nodes.extend(batch.new_nodes.iter().cloned());
-        self.stale.extend(batch.stale_nodes.iter().copied());
+        self.index_stale(batch);
     }
 
     /// Like [`write`](Self::write), without copying the nodes.
     pub fn write_owned(&mut self, batch: TreeBatch) {
+        self.index_stale(&batch);
         self.nodes.extend(batch.new_nodes);
-        self.stale.extend(batch.stale_nodes);
+    }
+
+    fn index_stale(&mut self, batch: &TreeBatch) {
+        for stale in &batch.stale_nodes {
+            self.stale
+                .entry(stale.stale_since_version)
+                .or_default()
+                .push(stale.node_key);
+        }
     }
 
     /// Deletes every node that no version `>= oldest_kept_version` uses
@@ -35,14 +45,14 @@ impl MemNodeStore {
     /// Returns the number of nodes deleted.
     pub fn prune(&mut self, oldest_kept_version: u64) -> usize {
         let mut deleted = 0;
-        while let Some(first) = self.stale.first() {
-            if first.stale_since_version > oldest_kept_version {
+        while let Some(entry) = self.stale.first_entry() {
+            if *entry.key() > oldest_kept_version {
                 break;
             }
-            let node_key = first.node_key;
-            self.stale.pop_first();
-            if self.nodes.remove(&node_key).is_some() {
-                deleted += 1;
+            for node_key in entry.remove() {
+                if self.nodes.remove(&node_key).is_some() {
+                    deleted += 1;
+                }
             }
         }
         deleted
@@ -55,7 +65,7 @@ impl MemNodeStore {
 
     /// Number of stale-index entries not yet pruned.
     pub fn stale_count(&self) -> usize {
-        self.stale.len()
+        self.stale.values().map(Vec::len).sum()
     }
 }
 

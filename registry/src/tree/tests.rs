@@ -1,5 +1,5 @@
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keyreg_consensus::codec::{self, Canonical};
 use keyreg_consensus::crypto::{hash, Domain, Hash};
@@ -58,6 +58,17 @@ fn commit(store: &mut MemNodeStore, base: Option<u64>, version: u64, updates: &[
         .apply(base, version, updates)
         .unwrap();
     let root = batch.root;
+    // Each new node has its own key under the new version; each stale node
+    // is an existing node of an older version.
+    let new_keys: BTreeSet<NodeKey> = batch.new_nodes.iter().map(|(k, _)| *k).collect();
+    assert_eq!(new_keys.len(), batch.new_nodes.len());
+    assert!(new_keys.iter().all(|k| k.version == version));
+    assert!(new_keys.contains(&NodeKey::root(version)));
+    for stale in &batch.stale_nodes {
+        assert_eq!(stale.stale_since_version, version);
+        assert!(stale.node_key.version < version);
+        assert!(store.get_node(&stale.node_key).unwrap().is_some());
+    }
     store.write_owned(batch);
     assert_eq!(StateTree::new(&*store).root(version).unwrap(), root);
     root
@@ -130,7 +141,7 @@ fn entries_strategy(max: usize) -> impl Strategy<Value = Entries> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn proofs_verify_exactly_the_true_claims(
@@ -388,6 +399,12 @@ fn proof_decoding_is_bounded_and_canonical() {
     let mut trailing = proof.to_bytes();
     trailing.push(0);
     assert!(SparseMerkleProof::from_bytes(&trailing).is_err());
+    let mut bad_option_tag = proof.to_bytes();
+    bad_option_tag[1] = 2;
+    assert!(SparseMerkleProof::from_bytes(&bad_option_tag).is_err());
+    let mut short_count = proof.to_bytes();
+    short_count[66] -= 1; // sibling count one lower than the hashes that follow
+    assert!(SparseMerkleProof::from_bytes(&short_count).is_err());
 
     let oversize = SparseMerkleProof {
         siblings: vec![Hash::ZERO; MAX_PROOF_SIBLINGS + 1],
@@ -574,4 +591,142 @@ fn key_bytes_sort_by_version_first() {
         node_key: NodeKey::root(0),
     };
     assert!(a.to_bytes() < b.to_bytes() && a < b);
+}
+
+/// A reader serving one replaced node, to play a corrupt store.
+struct Tampered<'a> {
+    inner: &'a MemNodeStore,
+    at: NodeKey,
+    node: Node,
+}
+
+impl NodeReader for Tampered<'_> {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        if *key == self.at {
+            return Ok(Some(self.node.clone()));
+        }
+        self.inner.get_node(key)
+    }
+}
+
+#[test]
+fn a_corrupt_store_is_an_error_not_a_panic() {
+    let entries: Entries = (0..40).map(|i| (key(i), vec![1])).collect();
+    let mut store = MemNodeStore::new();
+    commit(&mut store, None, 1, &inserts(&entries));
+    let Node::Internal(root) = store.get_node(&NodeKey::root(1)).unwrap().unwrap() else {
+        panic!("40 keys make an internal root");
+    };
+    let (nibble, child) = root.children().find(|(_, c)| c.is_leaf).unwrap();
+    let at = NodeKey {
+        version: child.version,
+        path: NibblePath::ROOT.child(nibble),
+    };
+    let leaf_key = entries.keys().find(|k| nibble_at(k, 0) == nibble).unwrap();
+    for node in [Node::Empty, Node::Internal(root.clone())] {
+        let tampered = Tampered {
+            inner: &store,
+            at,
+            node,
+        };
+        let tree = StateTree::new(&tampered);
+        assert_eq!(tree.get(1, leaf_key), Err(TreeError::CorruptNode(at)));
+        assert_eq!(
+            tree.get_with_proof(1, leaf_key).map(|_| ()),
+            Err(TreeError::CorruptNode(at))
+        );
+        assert_eq!(
+            tree.apply(Some(1), 2, &[(*leaf_key, None)]).map(|_| ()),
+            Err(TreeError::CorruptNode(at))
+        );
+    }
+    // A store holding only version 2's rewritten root, not the children it keeps.
+    let mut missing = MemNodeStore::new();
+    missing.write(&StateTree::new(&store).apply(Some(1), 2, &[]).unwrap());
+    assert_eq!(
+        StateTree::new(&missing).get(2, leaf_key),
+        Err(TreeError::MissingNode(at))
+    );
+}
+
+/// What a RocksDB store does: nodes and the stale index as byte maps
+/// (column families), pruning by iterating the stale keys in byte order.
+#[derive(Default)]
+struct ByteStore {
+    nodes: BTreeMap<Vec<u8>, Vec<u8>>,
+    stale: BTreeMap<Vec<u8>, ()>,
+}
+
+impl ByteStore {
+    fn write(&mut self, batch: &TreeBatch) {
+        for (k, node) in &batch.new_nodes {
+            self.nodes.insert(k.to_bytes(), node.to_bytes());
+        }
+        for stale in &batch.stale_nodes {
+            self.stale.insert(stale.to_bytes(), ());
+        }
+    }
+
+    fn prune(&mut self, oldest_kept_version: u64) {
+        while let Some((k, ())) = self.stale.first_key_value() {
+            let stale = StaleNode::from_bytes(k).unwrap();
+            if stale.stale_since_version > oldest_kept_version {
+                break;
+            }
+            self.nodes.remove(&stale.node_key.to_bytes());
+            self.stale.pop_first();
+        }
+    }
+}
+
+impl NodeReader for ByteStore {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        self.nodes
+            .get(&key.to_bytes())
+            .map(|bytes| Node::from_bytes(bytes).map_err(TreeError::from))
+            .transpose()
+    }
+}
+
+#[test]
+fn a_byte_encoded_store_matches_the_memory_store() {
+    let mut bytes = ByteStore::default();
+    let mut memory = MemNodeStore::new();
+    let mut current = Entries::new();
+    for version in 1..=12u64 {
+        let mut updates: Vec<Update> = (0..40u64)
+            .map(|i| {
+                let k = (version * 37 + i * 11) % 150;
+                let value = (k % 5 != 0).then(|| vec![version as u8; (k % 9) as usize]);
+                (key(k), value)
+            })
+            .collect();
+        updates.sort_by_key(|update| update.0);
+        updates.dedup_by_key(|update| update.0);
+        for (k, v) in &updates {
+            match v {
+                Some(v) => current.insert(*k, v.clone()),
+                None => current.remove(k),
+            };
+        }
+        let base = (version > 1).then(|| version - 1);
+        let from_bytes = StateTree::new(&bytes)
+            .apply(base, version, &updates)
+            .unwrap();
+        let root = commit(&mut memory, base, version, &updates);
+        assert_eq!(from_bytes.root, root);
+        bytes.write(&from_bytes);
+        bytes.prune(version.saturating_sub(3));
+        memory.prune(version.saturating_sub(3));
+        assert_eq!(bytes.nodes.len(), memory.node_count());
+        let probes: Vec<Hash> = (150..160).map(key).collect();
+        check_version(&memory, version, &current, &probes);
+        let tree = StateTree::new(&bytes);
+        for k in current.keys().chain(&probes) {
+            assert_eq!(
+                tree.get_with_proof(version, k).unwrap(),
+                StateTree::new(&memory).get_with_proof(version, k).unwrap()
+            );
+        }
+    }
 }

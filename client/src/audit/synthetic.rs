@@ -165,7 +165,7 @@ impl ChainBuilder {
 
     /// Commits the next block of `txs`, certified by its epoch's validators;
     /// every transaction must apply.
-    pub fn commit(&mut self, txs: Vec<Transaction>) -> Result<&CommittedBlock, SyntheticError> {
+    pub fn commit(&mut self, txs: Vec<Transaction>) -> Result<(), SyntheticError> {
         let (block, results) = commit_next(&mut self.ledger, &self.validator_keys, txs)?;
         if let Some((index, Err(error))) = results.into_iter().enumerate().find(|(_, r)| r.is_err())
         {
@@ -176,10 +176,7 @@ impl ChainBuilder {
             });
         }
         self.blocks.push(block);
-        Ok(self
-            .blocks
-            .last()
-            .unwrap_or_else(|| unreachable!("just pushed")))
+        Ok(())
     }
 }
 
@@ -199,33 +196,23 @@ pub fn synthetic_ledger(
         let mut rotated = Vec::new();
         let mut fresh = Vec::new();
         for j in 0..txs_per_block {
-            let tx = match (
-                j % 10,
-                rotatable.front().is_some(),
-                revocable.front().is_some(),
-            ) {
-                (8, true, _) => {
-                    let name = rotatable.pop_front().unwrap_or_default();
-                    let tx = chain.rotate(&name)?;
-                    rotated.push(name);
-                    tx
-                }
-                (9, _, true) => {
-                    let name = revocable.pop_front().unwrap_or_default();
-                    chain.revoke(&name)?
-                }
-                _ => {
-                    let org = if registered.is_multiple_of(2) {
-                        "acme"
-                    } else {
-                        "globex"
-                    };
-                    let name = format!("{org}/d{registered}");
-                    registered += 1;
-                    let tx = chain.register(&name)?;
-                    fresh.push(name);
-                    tx
-                }
+            let tx = if let Some(name) = (j % 10 == 8).then(|| rotatable.pop_front()).flatten() {
+                let tx = chain.rotate(&name)?;
+                rotated.push(name);
+                tx
+            } else if let Some(name) = (j % 10 == 9).then(|| revocable.pop_front()).flatten() {
+                chain.revoke(&name)?
+            } else {
+                let org = if registered.is_multiple_of(2) {
+                    "acme"
+                } else {
+                    "globex"
+                };
+                let name = format!("{org}/d{registered}");
+                registered += 1;
+                let tx = chain.register(&name)?;
+                fresh.push(name);
+                tx
             };
             txs.push(tx);
         }

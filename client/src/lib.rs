@@ -8,8 +8,11 @@
 //! * [`txs`]: building, signing, submitting and awaiting transactions.
 //! * [`keys`]: device and admin key files.
 //! * [`node`]: the HTTP client for one node's API.
+//! * [`audit`]: ledger replay for auditors (every certificate, signature
+//!   and root recomputed) and proven device histories.
 //! * [`cli`]: the `keyreg` command line.
 
+pub mod audit;
 pub mod cli;
 pub mod framing;
 pub mod keys;

@@ -17,6 +17,16 @@ pub enum HistoryKind {
     Revoked,
 }
 
+impl std::fmt::Display for HistoryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HistoryKind::Registered => "registered",
+            HistoryKind::Rotated => "rotated",
+            HistoryKind::Revoked => "revoked",
+        })
+    }
+}
+
 /// A change applied to a device, with its proof: `inclusion` proves
 /// `tx_hash` is transaction `index` under `header.tx_root`, and the replay
 /// verified `header`'s commit certificate (and everything before it).

@@ -68,6 +68,16 @@ pub trait BlockSource: Send {
     fn fetch(&mut self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, SourceError>;
 }
 
+impl<S: BlockSource + ?Sized> BlockSource for Box<S> {
+    fn open(&mut self) -> Result<SourceInfo, SourceError> {
+        (**self).open()
+    }
+
+    fn fetch(&mut self, from: u64, max: usize) -> Result<Vec<Vec<u8>>, SourceError> {
+        (**self).fetch(from, max)
+    }
+}
+
 /// A node's HTTP API (`GET /v1/status`, `GET /v1/blocks?from=&limit=`).
 pub struct HttpSource {
     agent: ureq::Agent,

@@ -1,0 +1,311 @@
+//! A thin, bounded HTTP client for one node's API (see API-CONTRACT).
+//!
+//! Nothing here is trusted: binary objects are decoded from their canonical
+//! hex, and the light client verifies them before use. Every request has a
+//! timeout and every response body a size limit.
+
+use std::io::Read;
+use std::time::Duration;
+
+use keyreg_consensus::codec::{Canonical, CodecError};
+use keyreg_consensus::crypto::Hash;
+use keyreg_consensus::validators::ValidatorSet;
+use keyreg_registry::block::CommittedBlock;
+use keyreg_registry::lookup::DeviceProof;
+use keyreg_registry::names::DeviceName;
+use keyreg_registry::tx::Transaction;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Limit on responses that carry one proof, status or epoch.
+const MAX_SMALL_RESPONSE: u64 = 4 * 1024 * 1024;
+/// Limit on a response carrying blocks (a page holds up to 100; each block
+/// is at most 512 KiB, twice that in hex).
+const MAX_BLOCKS_RESPONSE: u64 = 110 * 1024 * 1024;
+/// Most blocks one page may hold (the API's cap).
+pub const MAX_BLOCKS_PER_PAGE: u32 = 100;
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    #[error("unreachable: {0}")]
+    Transport(String),
+    #[error("HTTP {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+    #[error("answer larger than {0} bytes")]
+    TooLarge(u64),
+}
+
+impl NodeError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NodeError::Api { status: 404, .. })
+    }
+}
+
+fn decode_hex<T: Canonical>(what: &str, hex_str: &str) -> Result<T, NodeError> {
+    let bytes = hex::decode(hex_str).map_err(|e| NodeError::Malformed(format!("{what}: {e}")))?;
+    T::from_bytes(&bytes).map_err(|e: CodecError| NodeError::Malformed(format!("{what}: {e}")))
+}
+
+/// `GET /v1/status`, as reported (unverified).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub chain_id: String,
+    pub genesis_hash: String,
+    pub height: u64,
+    pub head_hash: String,
+    pub state_root: String,
+    pub epoch: u64,
+    pub validator_set: String,
+    pub peers: u32,
+    pub syncing: bool,
+    pub is_validator: bool,
+    pub mempool: u32,
+}
+
+/// `GET /v1/epochs/{e}`: a validator set and the block that handed over to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochAnswer {
+    pub epoch: u64,
+    pub validator_set: ValidatorSet,
+    /// The last block of epoch `epoch - 1`; `None` for epoch 0.
+    pub handover: Option<CommittedBlock>,
+}
+
+/// `GET /v1/transactions/{hash}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxStatus {
+    pub hash: String,
+    pub status: String,
+    #[serde(default)]
+    pub height: Option<u64>,
+    #[serde(default)]
+    pub index: Option<u32>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/blocks?from=H&limit=N`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockPage {
+    pub blocks: Vec<CommittedBlock>,
+    pub next: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct DeviceAnswer {
+    proof: String,
+}
+
+#[derive(Deserialize)]
+struct EpochJson {
+    epoch: u64,
+    validator_set: String,
+    handover: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BlockJson {
+    block: String,
+}
+
+#[derive(Deserialize)]
+struct BlockPageJson {
+    blocks: Vec<String>,
+    next: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct SubmitBody {
+    tx: String,
+}
+
+#[derive(Deserialize)]
+struct SubmitAnswer {
+    hash: String,
+}
+
+/// One node's API.
+#[derive(Clone, Debug)]
+pub struct NodeClient {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl NodeClient {
+    /// `base_url` like `http://10.0.0.1:8080`; `timeout` bounds each request.
+    pub fn new(base_url: &str, timeout: Duration) -> Self {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(timeout)
+            .timeout(timeout)
+            .build();
+        NodeClient {
+            base: base_url.trim_end_matches('/').to_string(),
+            agent,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn status(&self) -> Result<NodeStatus, NodeError> {
+        self.get("/v1/status", MAX_SMALL_RESPONSE)
+    }
+
+    /// The node's proof for `name` (membership, or non-membership when the
+    /// name is unknown), decoded but not verified.
+    pub fn device_proof(&self, name: &DeviceName) -> Result<DeviceProof, NodeError> {
+        let answer: DeviceAnswer = self.get(&format!("/v1/devices/{name}"), MAX_SMALL_RESPONSE)?;
+        decode_hex("device proof", &answer.proof)
+    }
+
+    pub fn epoch(&self, epoch: u64) -> Result<EpochAnswer, NodeError> {
+        let answer: EpochJson = self.get(&format!("/v1/epochs/{epoch}"), MAX_SMALL_RESPONSE)?;
+        Ok(EpochAnswer {
+            epoch: answer.epoch,
+            validator_set: decode_hex("validator set", &answer.validator_set)?,
+            handover: answer
+                .handover
+                .map(|h| decode_hex("handover block", &h))
+                .transpose()?,
+        })
+    }
+
+    pub fn block(&self, height: u64) -> Result<CommittedBlock, NodeError> {
+        let answer: BlockJson = self.get(&format!("/v1/blocks/{height}"), MAX_SMALL_RESPONSE)?;
+        decode_hex("block", &answer.block)
+    }
+
+    pub fn blocks(&self, from: u64, limit: u32) -> Result<BlockPage, NodeError> {
+        let limit = limit.clamp(1, MAX_BLOCKS_PER_PAGE);
+        let page: BlockPageJson = self.get(
+            &format!("/v1/blocks?from={from}&limit={limit}"),
+            MAX_BLOCKS_RESPONSE,
+        )?;
+        if page.blocks.len() > limit as usize {
+            return Err(NodeError::Malformed(format!(
+                "{} blocks in a page of at most {limit}",
+                page.blocks.len()
+            )));
+        }
+        Ok(BlockPage {
+            blocks: page
+                .blocks
+                .iter()
+                .map(|b| decode_hex("block", b))
+                .collect::<Result<_, _>>()?,
+            next: page.next,
+        })
+    }
+
+    /// Submits a transaction. `Ok` also when the node already knew it (409):
+    /// either way it is in the node's pipeline. Checks that the node names
+    /// the hash we computed.
+    pub fn submit(&self, tx: &Transaction) -> Result<Hash, NodeError> {
+        let expected = tx.hash();
+        let body = SubmitBody {
+            tx: hex::encode(tx.to_bytes()),
+        };
+        let request = self.agent.post(&format!("{}/v1/transactions", self.base));
+        match request.send_json(&body) {
+            Ok(response) => {
+                let answer: SubmitAnswer = read_json(response, MAX_SMALL_RESPONSE)?;
+                let hash = Hash::from_hex(&answer.hash)
+                    .map_err(|e| NodeError::Malformed(format!("transaction hash: {e}")))?;
+                if hash != expected {
+                    return Err(NodeError::Malformed(format!(
+                        "node names transaction {hash}, its hash is {expected}"
+                    )));
+                }
+                Ok(hash)
+            }
+            Err(ureq::Error::Status(409, response)) => {
+                let err = api_error(409, response);
+                match &err {
+                    NodeError::Api { code, .. } if code == "already_known" => Ok(expected),
+                    _ => Err(err),
+                }
+            }
+            Err(e) => Err(map_ureq(e)),
+        }
+    }
+
+    /// A transaction's status; `None` when the node does not know it.
+    pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, NodeError> {
+        match self.get::<TxStatus>(&format!("/v1/transactions/{hash}"), MAX_SMALL_RESPONSE) {
+            Ok(status) => Ok(Some(status)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str, limit: u64) -> Result<T, NodeError> {
+        let response = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .call()
+            .map_err(map_ureq)?;
+        read_json(response, limit)
+    }
+}
+
+fn read_json<T: DeserializeOwned>(response: ureq::Response, limit: u64) -> Result<T, NodeError> {
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    if body.len() as u64 > limit {
+        return Err(NodeError::TooLarge(limit));
+    }
+    serde_json::from_slice(&body).map_err(|e| NodeError::Malformed(e.to_string()))
+}
+
+fn api_error(status: u16, response: ureq::Response) -> NodeError {
+    match read_json::<ErrorBody>(response, MAX_SMALL_RESPONSE) {
+        Ok(body) => NodeError::Api {
+            status,
+            code: printable(&body.error.code),
+            message: printable(&body.error.message),
+        },
+        Err(_) => NodeError::Api {
+            status,
+            code: "unknown".into(),
+            message: "no error body".into(),
+        },
+    }
+}
+
+fn map_ureq(e: ureq::Error) -> NodeError {
+    match e {
+        ureq::Error::Status(status, response) => api_error(status, response),
+        ureq::Error::Transport(t) => NodeError::Transport(t.to_string()),
+    }
+}
+
+/// A node's text made safe to print on one line: bounded, no control characters.
+fn printable(s: &str) -> String {
+    s.chars()
+        .take(300)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}

@@ -13,9 +13,9 @@ use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::{generate_testnet, TestnetSpec, DEMO_ADMIN_KEY_FILE};
 use keyreg_node::config::Config;
-use keyreg_node::export::{ExportHeader, MAGIC};
+use keyreg_registry::export::ExportReader;
 use keyreg_registry::testkit::test_agreement_key;
-use keyreg_registry::{CommittedBlock, DeviceName, DeviceRegistration, Transaction, TxBody};
+use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyreg-node");
@@ -211,26 +211,20 @@ fn sigkilled_validator_restarts_consistent_and_catches_up() {
         .status()
         .unwrap();
     assert!(status.success());
-    let bytes = std::fs::read(&export).unwrap();
-    assert_eq!(&bytes[..8], MAGIC);
-    let mut rest = &bytes[8..];
-    let mut frame = || {
-        let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-        let body = &rest[4..4 + len];
-        rest = &rest[4 + len..];
-        body.to_vec()
-    };
-    let header = ExportHeader::from_bytes(&frame()).unwrap();
+    // The file reads back with the auditor's reader: header, every block in
+    // order on one hash chain, and a verified end marker.
+    let mut reader = ExportReader::open(std::fs::File::open(&export).unwrap()).unwrap();
+    let header = reader.header().clone();
     assert_eq!(header.chain_id, CHAIN);
-    assert!(header.last_height >= common);
+    assert!(header.head_height >= common);
     let mut prev: Option<Hash> = None;
-    for h in 1..=header.last_height {
-        let block = CommittedBlock::from_bytes(&frame()).unwrap();
-        assert_eq!(block.block.header.height, h);
+    while let Some(block) = reader.next_block().unwrap() {
+        let block = block.unwrap();
         if let Some(prev) = prev {
             assert_eq!(block.block.header.prev_hash, prev);
         }
         prev = Some(block.block.hash());
     }
-    assert!(rest.is_empty());
+    assert_eq!(reader.next_height(), header.head_height + 1);
+    assert_eq!(prev, Some(header.head_hash));
 }

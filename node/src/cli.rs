@@ -235,14 +235,23 @@ async fn dev(home: &Path, api: SocketAddr) -> anyhow::Result<()> {
     let node = node::start(home, config).await?;
     let url = format!("http://{}", node.api_addr);
     let admin = home.join(DEMO_ADMIN_KEY_FILE);
+    let genesis = home.join(GENESIS_FILE);
     println!(
-        "keyreg dev chain running: API {url}, ledger in {}\n\
-         organisation {DEMO_ORG:?}, admin key {}\n\
-         try:\n  curl {url}/v1/status\n  keyreg --node {url} --help   (register, rotate, revoke and look up devices with the admin key above)\n\
-         stop with Ctrl-C; the chain persists in {} (delete it to start over)",
-        home.join(DATA_DIR).display(),
-        admin.display(),
-        home.display()
+        "keyreg dev chain running: API {url}, ledger in {data}\n\
+         organisation {DEMO_ORG:?}, admin key {admin}\n\
+         try:\n  \
+         export KEYREG_NODE={url} KEYREG_GENESIS={genesis}\n  \
+         keyreg keygen device {DEMO_ORG}/sensor-1 --out sensor-1.key\n  \
+         keyreg register --admin {admin} --device sensor-1.key\n  \
+         keyreg lookup {DEMO_ORG}/sensor-1\n  \
+         keyreg rotate --device sensor-1.key\n  \
+         keyreg revoke {DEMO_ORG}/sensor-1 --reason retired --admin {admin}\n  \
+         keyreg audit\n\
+         stop with Ctrl-C; the chain persists in {home} (delete it to start over)",
+        data = home.join(DATA_DIR).display(),
+        admin = admin.display(),
+        genesis = genesis.display(),
+        home = home.display()
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use keyreg_consensus::SigningKey;
 use thiserror::Error;
+use zeroize::Zeroizing;
 
 /// A key file is 64 hex characters plus an optional newline; anything much
 /// longer is not a key file and is not read into memory.
@@ -43,7 +44,8 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
 /// overwrites an existing file.
 pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
     let mut file = create_private(path)?;
-    file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
+    let text = Zeroizing::new(format!("{}\n", hex::encode(key.seed())));
+    file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io_error(path))
 }
@@ -58,7 +60,7 @@ pub fn write_admin_key_file(path: &Path, org: &str, key: &SigningKey) -> Result<
         "public_key": key.public().to_hex(),
         "signing_seed": hex::encode(key.seed()),
     });
-    let text = format!("{json:#}\n");
+    let text = Zeroizing::new(format!("{json:#}\n"));
     let mut file = create_private(path)?;
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
@@ -96,12 +98,12 @@ pub fn read_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
             path: path.to_path_buf(),
         });
     }
-    let text = fs::read_to_string(path).map_err(io_error(path))?;
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut seed).map_err(|_| KeyFileError::Malformed {
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_error(path))?);
+    let mut seed = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyFileError::Malformed {
         path: path.to_path_buf(),
     })?;
-    Ok(SigningKey::from_seed(seed))
+    Ok(SigningKey::from_seed(*seed))
 }
 
 #[cfg(test)]

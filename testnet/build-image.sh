@@ -2,7 +2,7 @@
 # Builds the keyreg-node:local image from the host's release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps.sh
+testnet/ensure-deps.sh
 cargo build --release -p keyreg-node -p keyreg-client
 
 rootfs=target/testnet-rootfs

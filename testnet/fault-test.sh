@@ -75,7 +75,7 @@ start_load() {
     while [ $i -lt "$MAX_LOAD_TXS" ] && [ ! -f "$WORK/stop-load" ]; do
       i=$((i + 1))
       url=$(api "node$((i % 4))")
-      "$KEYREG" keygen device "acme/dev-$i" --out "$WORK/keys/dev-$i.json" >/dev/null 2>&1 || continue
+      "$KEYREG" keygen device "demo/dev-$i" --out "$WORK/keys/dev-$i.json" >/dev/null 2>&1 || continue
       if out=$("$KEYREG" --node "$url" --genesis "$KEYREG_NET_DIR/genesis.json" --json --timeout 3 \
           register --admin "$KEYREG_NET_DIR/demo-admin.key" --device "$WORK/keys/dev-$i.json" --no-wait 2>/dev/null); then
         echo "$out" | jq -r '.hash // .transactions[0].hash // empty' >> "$WORK/acked.txt"
@@ -147,7 +147,12 @@ acked=$(grep -c . "$WORK/acked.txt" || true)
 committed=0
 deadline=$((SECONDS + 120))
 while read -r hash; do
-  until [ "$(curl -sf --max-time 2 "$(api node0)/v1/transactions/$hash" | jq -r .status)" = committed ]; do
+  while :; do
+    answer=$(curl -sf --max-time 2 "$(api node0)/v1/transactions/$hash" || true)
+    case "$(echo "$answer" | jq -r .status 2>/dev/null)" in
+      committed) break ;;
+      rejected) fail "transaction $hash was rejected: $(echo "$answer" | jq -r .error)" ;;
+    esac
     [ $SECONDS -ge $deadline ] && fail "transaction $hash acknowledged but not committed"
     sleep 0.5
   done

@@ -13,7 +13,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--validators N] [--observers M] [--dir DIR]" >&2; exit 2 ;;
   esac
 done
-"$REPO_DIR/scripts/ensure-deps.sh"
+"$REPO_DIR/testnet/ensure-deps.sh"
 (cd "$REPO_DIR" && cargo build --release -p keyreg-node -p keyreg-client)
 node_bin="$REPO_DIR/target/release/keyreg-node"
 if [ ! -f "$dir/genesis.json" ]; then

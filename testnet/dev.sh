@@ -3,6 +3,6 @@
 # and the HTTP API on 127.0.0.1:8080. Extra arguments go to `keyreg-node dev`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps.sh
+testnet/ensure-deps.sh
 cargo build --release -p keyreg-node -p keyreg-client
 exec target/release/keyreg-node dev "$@"

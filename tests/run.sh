@@ -4,7 +4,7 @@
 # libp2p compile once and the simulator and signature checks run at speed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-deps.sh || exit 1
+testnet/ensure-deps.sh || exit 1
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
@@ -14,8 +14,21 @@ status=${PIPESTATUS[0]}
 cargo test --release --workspace --doc 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
+# The docker fault test: 4 validators + 1 observer in containers, faults
+# injected under load. It skips itself, saying so, when no Docker engine answers.
+fault_passed=0 fault_failed=0
+if [ "${KEYREG_SKIP_FAULT_TEST:-0}" = 1 ]; then
+  echo "fault-test: SKIPPED (KEYREG_SKIP_FAULT_TEST=1)"
+elif testnet/fault-test.sh 2>&1 | tee -a "$log" | grep -v '^\(Creating\|Removing\|Stopping\|Starting\) '; then
+  grep -q '^fault-test: PASSED' "$log" && fault_passed=1
+else
+  fault_failed=1
+  status=1
+fi
+
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo
+passed=$((passed + fault_passed)); failed=$((failed + fault_failed))
 echo "keyreg: ${passed} passed, ${failed} failed"
 exit "$status"

@@ -157,6 +157,29 @@ fn free_port_range(count: u16) -> anyhow::Result<u16> {
     bail!("no {count} consecutive free ports found")
 }
 
+/// CPU seconds (user + system) process `pid` has used: fields 14 and 15 of
+/// `/proc/<pid>/stat`, in USER_HZ ticks (100 per second on Linux).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15; `after_name` starts at field 3.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds used so far by the nodes (together) and by this process.
+fn cpu_split(net: &Testnet) -> anyhow::Result<(f64, f64)> {
+    let mut nodes = 0.0;
+    for child in &net.children {
+        nodes += cpu_seconds(&child.id().to_string())?;
+    }
+    Ok((nodes, cpu_seconds("self")?))
+}
+
 fn start_testnet(node_bin: &Path, validators: usize) -> anyhow::Result<Testnet> {
     let dir = tempfile::tempdir()?;
     // Fits: validators <= 32, so 2 * validators <= 64 (the stride).
@@ -546,9 +569,11 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
     let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
+    let cpu_before = cpu_split(net)?;
     let load = run_load(nodes, &txs, args.threads, None, COMMIT_DEADLINE, &never);
     let submit_end = Instant::now();
     let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
+    let cpu_after = cpu_split(net)?;
     let committed_count = committed.iter().flatten().count();
     let last_commit = committed
         .iter()
@@ -566,6 +591,13 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
         submit_end.duration_since(load.start).as_secs_f64(),
         load.busy_retries,
         load.failures.len()
+    );
+    let node_cpu = cpu_after.0 - cpu_before.0;
+    let bench_cpu = cpu_after.1 - cpu_before.1;
+    println!(
+        "  CPU while submitting and committing: nodes {node_cpu:.2} s ({:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
+        committed_count as f64 / node_cpu.max(1e-9),
+        span.as_secs_f64()
     );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");

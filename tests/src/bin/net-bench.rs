@@ -332,6 +332,9 @@ struct Load {
     failures: Vec<String>,
 }
 
+/// One load thread's accepted submissions (index, first attempt) and failures.
+type ThreadOutcome = (Vec<(usize, Instant)>, Vec<String>);
+
 /// Submits `txs` from `threads` threads, round-robin over `nodes`; paced at
 /// `rate` tx/s when given, as fast as accepted otherwise. A 503 `busy`
 /// backs off (10 ms doubling to 200 ms) and retries until `deadline`.
@@ -346,7 +349,7 @@ fn run_load(
     let next = AtomicUsize::new(0);
     let busy = AtomicUsize::new(0);
     let start = Instant::now();
-    let results: Vec<(Vec<(usize, Instant)>, Vec<String>)> = thread::scope(|s| {
+    let results: Vec<ThreadOutcome> = thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -488,7 +491,10 @@ fn print_latency(label: &str, run: &LatencyRun) {
 }
 
 /// Mean time of `work` over about `seconds` (at most [`MAX_VERIFY_ITERATIONS`]).
-fn mean_time(seconds: f64, mut work: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+fn mean_time(
+    seconds: f64,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
     let budget = Duration::from_secs_f64(seconds);
     let start = Instant::now();
     let mut n = 0u32;
@@ -606,7 +612,11 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
     for hash in hashes.iter().step_by((hashes.len() / 20).max(1)) {
         let status = nodes[0].tx_status(hash)?.context("committed tx unknown")?;
         if status.status != "committed" {
-            bail!("transaction {hash} is {}: {:?}", status.status, status.error);
+            bail!(
+                "transaction {hash} is {}: {:?}",
+                status.status,
+                status.error
+            );
         }
     }
 
@@ -638,9 +648,11 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
         Ok(())
     })?;
     let warm = mean_time(1.0, || {
-        proof
-            .proof
-            .verify(&proof.header.state_root, &name.state_key(), Some(&record_bytes))?;
+        proof.proof.verify(
+            &proof.header.state_root,
+            &name.state_key(),
+            Some(&record_bytes),
+        )?;
         Ok(())
     })?;
     let fetch_and_verify = mean_time(2.0, || {

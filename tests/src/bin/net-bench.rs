@@ -512,6 +512,53 @@ fn is_revoked(proof: &DeviceProof) -> bool {
     )
 }
 
+/// Polls every pending revocation (index into `revocations`, submission
+/// time) every [`POLL`], each time on the next node, until its proof verifies
+/// and shows it revoked; stops when all are resolved and no more will come,
+/// or at `deadline`. Returns the visibility delays and the look-up errors.
+fn poll_revocations(
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    revocations: &[(DeviceName, Transaction)],
+    pending: &Mutex<Vec<(usize, Instant)>>,
+    submissions_done: &AtomicBool,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut visible = Vec::new();
+    let mut poll_errors = 0usize;
+    let mut pass = 0usize;
+    while Instant::now() < deadline {
+        let snapshot: Vec<(usize, Instant)> = pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        if snapshot.is_empty() && submissions_done.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut resolved = Vec::new();
+        for (i, at) in &snapshot {
+            let (name, _) = &revocations[*i];
+            match nodes[(i + pass) % nodes.len()].device_proof(name) {
+                Ok(proof) => {
+                    verify_device_proof(&anchor.chain_id, &anchor.validator_set, &proof)?;
+                    if is_revoked(&proof) {
+                        visible.push(at.elapsed());
+                        resolved.push(*i);
+                    }
+                }
+                Err(_) => poll_errors += 1,
+            }
+        }
+        pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .retain(|(i, _)| !resolved.contains(i));
+        pass += 1;
+        thread::sleep(POLL);
+    }
+    Ok((visible, poll_errors))
+}
+
 fn main() {
     let args = match parse_args() {
         Ok(a) => a,
@@ -744,43 +791,19 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
             submissions_done.store(true, Ordering::Relaxed);
             failures
         });
-        // Poll every pending revocation on a rotating node until its proof
-        // verifies and shows it revoked.
-        let mut visible = Vec::new();
-        let mut poll_errors = 0usize;
-        while phase_start.elapsed() < phase_deadline {
-            let snapshot: Vec<(usize, Instant)> = pending
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .clone();
-            if snapshot.is_empty() && submissions_done.load(Ordering::Relaxed) {
-                break;
-            }
-            let mut resolved = Vec::new();
-            for (k, (i, at)) in snapshot.iter().enumerate() {
-                let (name, _) = &revocations[*i];
-                let node = &nodes[(i + k) % nodes.len()];
-                match node.device_proof(name) {
-                    Ok(p) => {
-                        verify_device_proof(&chain_id, &anchor.validator_set, &p)?;
-                        if is_revoked(&p) {
-                            visible.push(at.elapsed());
-                            resolved.push(*i);
-                        }
-                    }
-                    Err(_) => poll_errors += 1,
-                }
-            }
-            pending
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .retain(|(i, _)| !resolved.contains(i));
-            thread::sleep(POLL);
-        }
+        let polled = poll_revocations(
+            nodes,
+            &anchor,
+            &revocations,
+            &pending,
+            &submissions_done,
+            phase_start + phase_deadline,
+        );
         stop_background.store(true, Ordering::Relaxed);
         let mut failures = submitter
             .join()
             .unwrap_or_else(|_| vec!["revocation submitter panicked".into()]);
+        let (visible, poll_errors) = polled?;
         if poll_errors > 0 {
             failures.push(format!("{poll_errors} look-up errors while polling"));
         }

@@ -4,7 +4,7 @@
 //!
 //! `cargo run --release -p keyreg-tests --bin net-bench -- [--validators 4] [--txs 4000]
 //!  [--rate 20] [--threads 4] [--latency-seconds 10] [--lookup-seconds 5]
-//!  [--revocations 100] [--revocation-rate 10] [--node-bin PATH]`
+//!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--node-bin PATH]`
 //!
 //! Needs `keyreg-node` built in the same target directory
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
@@ -25,7 +25,7 @@ use keyreg_client::light::TrustAnchor;
 use keyreg_client::node::{NodeClient, NodeError};
 use keyreg_client::txs::{register_device, revoke};
 use keyreg_consensus::codec::Canonical;
-use keyreg_consensus::crypto::Hash;
+use keyreg_consensus::crypto::{BatchVerifier, Domain, Hash, SigningKey};
 use keyreg_registry::names::DeviceName;
 use keyreg_registry::records::{DeviceStatus, Metadata};
 use keyreg_registry::tx::{Authority, Transaction};
@@ -50,6 +50,7 @@ struct Args {
     lookup_seconds: f64,
     revocations: usize,
     revocation_rate: f64,
+    bound_seconds: f64,
     node_bin: Option<PathBuf>,
 }
 
@@ -63,6 +64,7 @@ fn parse_args() -> anyhow::Result<Args> {
         lookup_seconds: 5.0,
         revocations: 100,
         revocation_rate: 10.0,
+        bound_seconds: 2.0,
         node_bin: None,
     };
     let mut it = std::env::args().skip(1);
@@ -78,6 +80,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--lookup-seconds" => args.lookup_seconds = value.parse().with_context(bad)?,
             "--revocations" => args.revocations = value.parse().with_context(bad)?,
             "--revocation-rate" => args.revocation_rate = value.parse().with_context(bad)?,
+            "--bound-seconds" => args.bound_seconds = value.parse().with_context(bad)?,
             "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
             _ => bail!("unknown flag {flag}"),
         }
@@ -94,6 +97,7 @@ fn parse_args() -> anyhow::Result<Args> {
         args.latency_seconds,
         args.lookup_seconds,
         args.revocation_rate,
+        args.bound_seconds,
     ]
     .into_iter()
     .all(positive)
@@ -420,6 +424,53 @@ fn run_load(
     }
 }
 
+/// Signatures per transaction of a registration (admin + device).
+const SIGNATURES_PER_REGISTRATION: usize = 2;
+/// Signatures per batch when measuring the verification bound.
+const BOUND_BATCH: usize = 1024;
+
+/// The verification bound, measured before the nodes start: batch-verified
+/// Ed25519 signatures per second on every core for about `seconds`, divided
+/// by the signatures each transaction costs the whole testnet (every
+/// validator verifies every signature). Same method as `sig-bench`.
+fn verification_bound(seconds: f64, validators: usize) -> (f64, f64) {
+    let corpus: Vec<_> = (0..BOUND_BATCH)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let key = SigningKey::from_seed(seed);
+            let message = format!("bound transaction {i}").into_bytes();
+            let signature = key.sign(Domain::Transaction, &message);
+            (key.public(), message, signature)
+        })
+        .collect();
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let budget = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let batches: usize = thread::scope(|s| {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut batches = 0usize;
+                    while start.elapsed() < budget {
+                        let mut batch = BatchVerifier::with_capacity(BOUND_BATCH);
+                        for (key, message, signature) in &corpus {
+                            batch.queue(*key, Domain::Transaction, message, *signature);
+                        }
+                        assert!(batch.verify().is_ok(), "the corpus is validly signed");
+                        batches += 1;
+                    }
+                    batches
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    let signatures_per_second = (batches * BOUND_BATCH) as f64 / start.elapsed().as_secs_f64();
+    let tx_per_second = signatures_per_second / (validators * SIGNATURES_PER_REGISTRATION) as f64;
+    (signatures_per_second, tx_per_second)
+}
+
 /// Percentile `q` (0..=1) of sorted `values` (nearest rank).
 fn percentile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
@@ -574,6 +625,8 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Before the nodes start, so they do not compete with it.
+    let bound = verification_bound(args.bound_seconds, args.validators);
     let net = match start_testnet(&node_bin, args.validators) {
         Ok(net) => net,
         Err(e) => {
@@ -581,7 +634,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = run(&args, &net) {
+    if let Err(e) = run(&args, &net, bound) {
         eprintln!("net-bench: {e:#}\n{}", net.log_tails());
         drop(net);
         std::process::exit(1);
@@ -604,11 +657,16 @@ fn default_node_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
+/// `bound`: (signatures/s, tx/s) from [`verification_bound`].
+fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "net-bench: {} validators on loopback, {cores} cores shared by the nodes and this load generator",
         args.validators
+    );
+    println!(
+        "verification bound (before the nodes started): {:.0} signatures/s batch-verified on {cores} cores = {:.0} tx/s at {} validators x {SIGNATURES_PER_REGISTRATION} signatures",
+        bound.0, bound.1, args.validators
     );
     wait_for_height(&net.nodes, 2, Duration::from_secs(90))?;
     let anchor = TrustAnchor::from_genesis_file(&net.dir.path().join("genesis.json"))?;
@@ -651,6 +709,10 @@ fn run(args: &Args, net: &Testnet) -> anyhow::Result<()> {
         "  CPU while submitting and committing: nodes {node_cpu:.2} s ({:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
         committed_count as f64 / node_cpu.max(1e-9),
         span.as_secs_f64()
+    );
+    println!(
+        "  = {:.3}x the verification bound",
+        throughput / bound.1.max(1e-9)
     );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");

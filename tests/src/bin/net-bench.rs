@@ -256,6 +256,19 @@ fn registrations(
         .collect()
 }
 
+/// Pre-signed registrations whose names are not needed afterwards.
+fn registration_txs(
+    chain_id: &str,
+    admin: &AdminKey,
+    tag: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Transaction>> {
+    Ok(registrations(chain_id, admin, tag, count)?
+        .into_iter()
+        .map(|(_, tx)| tx)
+        .collect())
+}
+
 /// First time each transaction was seen in a committed block, by watching
 /// one node's head every [`POLL`].
 struct CommitWatcher {
@@ -731,29 +744,43 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
 
     // Latency at low load and at half the saturation rate.
     let low_count = ((args.rate * args.latency_seconds).ceil() as usize).max(1);
-    let low_txs: Vec<Transaction> = registrations(&chain_id, &admin, "low", low_count)?
-        .into_iter()
-        .map(|(_, tx)| tx)
-        .collect();
+    let low_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "low", low_count)?;
     let low = latency_run(net, &watcher, &low_txs, args.rate, args.threads)?;
     print_latency("latency, low load", &low);
     let half_rate = (throughput / 2.0).max(1.0);
     let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
-    let half_txs: Vec<Transaction> = registrations(&chain_id, &admin, "half", half_count)?
-        .into_iter()
-        .map(|(_, tx)| tx)
-        .collect();
+    let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
     let half = latency_run(net, &watcher, &half_txs, half_rate, args.threads)?;
     print_latency("latency, half saturation", &half);
 
-    // 4. Verified look-ups.
+    lookup_phase(args, nodes, &anchor, &saturation)?;
+    revocation_phase(
+        args,
+        nodes,
+        &anchor,
+        &admin,
+        &saturation,
+        &committed,
+        half_rate,
+    )?;
+    watcher.finish()
+}
+
+/// Item 4: client-side verification cost of a look-up, and one node's serving rate.
+fn lookup_phase(
+    args: &Args,
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    saturation: &[(DeviceName, Transaction)],
+) -> anyhow::Result<()> {
+    let chain_id = anchor.chain_id.as_str();
     let (name, _) = &saturation[0];
     let proof = nodes[0].device_proof(name)?;
-    let record = verify_device_proof(&chain_id, &anchor.validator_set, &proof)?
+    let record = verify_device_proof(chain_id, &anchor.validator_set, &proof)?
         .context("a registered device has no record")?;
     let record_bytes = record.to_bytes();
     let cold = mean_time(1.0, || {
-        verify_device_proof(&chain_id, &anchor.validator_set, &proof)?;
+        verify_device_proof(chain_id, &anchor.validator_set, &proof)?;
         Ok(())
     })?;
     let warm = mean_time(1.0, || {
@@ -766,7 +793,7 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
     })?;
     let fetch_and_verify = mean_time(2.0, || {
         let p = nodes[0].device_proof(name)?;
-        verify_device_proof(&chain_id, &anchor.validator_set, &p)?;
+        verify_device_proof(chain_id, &anchor.validator_set, &p)?;
         Ok(())
     })?;
     println!(
@@ -803,23 +830,35 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
         errors.into_inner()
     );
 
-    // 6. Revocation visibility under half-saturation load.
+    Ok(())
+}
+
+/// Item 6: revocations of devices registered at saturation (`committed[i]` is
+/// `Some` when `saturation[i]` committed), under `half_rate` tx/s of
+/// registrations: submission -> first verified proof showing `Revoked`.
+fn revocation_phase(
+    args: &Args,
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    admin: &AdminKey,
+    saturation: &[(DeviceName, Transaction)],
+    committed: &[Option<Instant>],
+    half_rate: f64,
+) -> anyhow::Result<()> {
+    let chain_id = anchor.chain_id.as_str();
     let revocations: Vec<(DeviceName, Transaction)> = saturation
         .iter()
-        .zip(&committed)
+        .zip(committed)
         .filter(|(_, c)| c.is_some())
         .take(args.revocations)
         .map(|((name, _), _)| {
-            let tx = revoke(&chain_id, name, "bench", Authority::Admin, &admin.signing);
+            let tx = revoke(chain_id, name, "bench", Authority::Admin, &admin.signing);
             (name.clone(), tx)
         })
         .collect();
     let revocation_seconds = revocations.len() as f64 / args.revocation_rate;
     let background_count = ((half_rate * (revocation_seconds + 10.0)).ceil() as usize).max(1);
-    let background: Vec<Transaction> = registrations(&chain_id, &admin, "bg", background_count)?
-        .into_iter()
-        .map(|(_, tx)| tx)
-        .collect();
+    let background: Vec<Transaction> = registration_txs(chain_id, admin, "bg", background_count)?;
     let stop_background = AtomicBool::new(false);
     let pending: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
     let submissions_done = AtomicBool::new(false);
@@ -855,7 +894,7 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
         });
         let polled = poll_revocations(
             nodes,
-            &anchor,
+            anchor,
             &revocations,
             &pending,
             &submissions_done,
@@ -897,5 +936,5 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
     for f in revocation_failures.iter().take(5) {
         println!("  revocation issue: {f}");
     }
-    watcher.finish()
+    Ok(())
 }

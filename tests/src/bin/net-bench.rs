@@ -1,0 +1,940 @@
+//! End-to-end figures of a loopback testnet (see docs/benchmarks.md):
+//! throughput at saturation, commit latency at low and half load, verified
+//! look-ups, and how fast a revocation becomes provable.
+//!
+//! `cargo run --release -p keyreg-tests --bin net-bench -- [--validators 4] [--txs 4000]
+//!  [--rate 20] [--threads 4] [--latency-seconds 10] [--lookup-seconds 5]
+//!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--node-bin PATH]`
+//!
+//! Needs `keyreg-node` built in the same target directory
+//! (`cargo build --release -p keyreg-node`), or `--node-bin`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use keyreg_client::keys::{AdminKey, DeviceKeys};
+use keyreg_client::light::TrustAnchor;
+use keyreg_client::node::{NodeClient, NodeError};
+use keyreg_client::txs::{register_device, revoke};
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::crypto::{BatchVerifier, Domain, Hash, SigningKey};
+use keyreg_registry::names::DeviceName;
+use keyreg_registry::records::{DeviceStatus, Metadata};
+use keyreg_registry::tx::{Authority, Transaction};
+use keyreg_registry::{verify_device_proof, DeviceProof};
+
+/// How often the commit watcher and the revocation poller look (the
+/// granularity of every latency figure).
+const POLL: Duration = Duration::from_millis(20);
+/// Per-request HTTP timeout.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest any phase may wait for its transactions to commit.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(120);
+/// Most iterations of a client-side verification timing loop.
+const MAX_VERIFY_ITERATIONS: usize = 200_000;
+
+struct Args {
+    validators: usize,
+    txs: usize,
+    rate: f64,
+    threads: usize,
+    latency_seconds: f64,
+    lookup_seconds: f64,
+    revocations: usize,
+    revocation_rate: f64,
+    bound_seconds: f64,
+    node_bin: Option<PathBuf>,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        validators: 4,
+        txs: 4000,
+        rate: 20.0,
+        threads: 4,
+        latency_seconds: 10.0,
+        lookup_seconds: 5.0,
+        revocations: 100,
+        revocation_rate: 10.0,
+        bound_seconds: 2.0,
+        node_bin: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let bad = || format!("{flag} {value}");
+        match flag.as_str() {
+            "--validators" => args.validators = value.parse().with_context(bad)?,
+            "--txs" => args.txs = value.parse().with_context(bad)?,
+            "--rate" => args.rate = value.parse().with_context(bad)?,
+            "--threads" => args.threads = value.parse().with_context(bad)?,
+            "--latency-seconds" => args.latency_seconds = value.parse().with_context(bad)?,
+            "--lookup-seconds" => args.lookup_seconds = value.parse().with_context(bad)?,
+            "--revocations" => args.revocations = value.parse().with_context(bad)?,
+            "--revocation-rate" => args.revocation_rate = value.parse().with_context(bad)?,
+            "--bound-seconds" => args.bound_seconds = value.parse().with_context(bad)?,
+            "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    if !(1..=32).contains(&args.validators) {
+        bail!("--validators must be 1..=32");
+    }
+    if !(1..=64).contains(&args.threads) || args.txs == 0 || args.txs > 1_000_000 {
+        bail!("--threads must be 1..=64 and --txs 1..=1000000");
+    }
+    let positive = |x: f64| x.is_finite() && x > 0.0 && x <= 100_000.0;
+    if ![
+        args.rate,
+        args.latency_seconds,
+        args.lookup_seconds,
+        args.revocation_rate,
+        args.bound_seconds,
+    ]
+    .into_iter()
+    .all(positive)
+    {
+        bail!("rates and durations must be positive and at most 100000");
+    }
+    if args.revocations == 0 || args.revocations > args.txs {
+        bail!("--revocations must be 1..=--txs (it revokes devices registered at saturation)");
+    }
+    Ok(args)
+}
+
+/// The testnet's node processes; killed when dropped, also on error paths.
+struct Testnet {
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    nodes: Vec<NodeClient>,
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Testnet {
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("node{i}.log"))
+    }
+
+    /// The last lines of every node's log, for error reports.
+    fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.children.len() {
+            let lines: Vec<String> = std::fs::File::open(self.log_path(i))
+                .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
+                .unwrap_or_default();
+            out.push_str(&format!("--- node{i} log (last 15 lines)\n"));
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A base port `p` such that `p .. p + count` are all free on loopback now.
+fn free_port_range(count: u16) -> anyhow::Result<u16> {
+    let seed = std::process::id() as usize;
+    for attempt in 0..200usize {
+        // Stride 64 from 20000 stays below 52000.
+        let base = 20_000 + ((seed + attempt * 7919) % 500) as u16 * 64;
+        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+            return Ok(base);
+        }
+    }
+    bail!("no {count} consecutive free ports found")
+}
+
+/// CPU seconds (user + system) process `pid` has used: fields 14 and 15 of
+/// `/proc/<pid>/stat`, in USER_HZ ticks (100 per second on Linux).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15; `after_name` starts at field 3.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// CPU seconds used so far by the nodes (together) and by this process.
+fn cpu_split(net: &Testnet) -> anyhow::Result<(f64, f64)> {
+    let mut nodes = 0.0;
+    for child in &net.children {
+        nodes += cpu_seconds(&child.id().to_string())?;
+    }
+    Ok((nodes, cpu_seconds("self")?))
+}
+
+fn start_testnet(node_bin: &Path, validators: usize) -> anyhow::Result<Testnet> {
+    let dir = tempfile::tempdir()?;
+    // Fits: validators <= 32, so 2 * validators <= 64 (the stride).
+    let n = validators as u16;
+    let base = free_port_range(2 * n)?;
+    let status = Command::new(node_bin)
+        .args(["testnet", "--validators", &validators.to_string(), "--out"])
+        .arg(dir.path())
+        .args(["--base-port", &base.to_string()])
+        .args(["--api-base-port", &(base + n).to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {} testnet", node_bin.display()))?;
+    if !status.success() {
+        bail!("keyreg-node testnet failed: {status}");
+    }
+    let mut net = Testnet {
+        dir,
+        children: Vec::new(),
+        nodes: Vec::new(),
+    };
+    for i in 0..validators {
+        let log = std::fs::File::create(net.log_path(i))?;
+        let child = Command::new(node_bin)
+            .arg("start")
+            .arg("--home")
+            .arg(net.dir.path().join(format!("node{i}")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting a node")?;
+        net.children.push(child);
+        net.nodes.push(NodeClient::new(
+            &format!("http://127.0.0.1:{}", base + n + i as u16),
+            HTTP_TIMEOUT,
+        ));
+    }
+    Ok(net)
+}
+
+fn wait_for_height(nodes: &[NodeClient], height: u64, within: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let all = nodes
+            .iter()
+            .all(|n| n.status().is_ok_and(|s| s.height >= height));
+        if all {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the nodes did not all reach height {height} within {within:?}")
+}
+
+/// Pre-signed registrations of `demo/bench-<tag>-<i>`.
+fn registrations(
+    chain_id: &str,
+    admin: &AdminKey,
+    tag: &str,
+    count: usize,
+) -> anyhow::Result<Vec<(DeviceName, Transaction)>> {
+    (0..count)
+        .map(|i| {
+            let name = DeviceName::from_parts(&admin.org, &format!("bench-{tag}-{i}"))?;
+            let keys = DeviceKeys::generate(name.clone())?;
+            let tx = register_device(chain_id, admin, &keys, None, Metadata::new());
+            Ok((name, tx))
+        })
+        .collect()
+}
+
+/// Pre-signed registrations whose names are not needed afterwards.
+fn registration_txs(
+    chain_id: &str,
+    admin: &AdminKey,
+    tag: &str,
+    count: usize,
+) -> anyhow::Result<Vec<Transaction>> {
+    Ok(registrations(chain_id, admin, tag, count)?
+        .into_iter()
+        .map(|(_, tx)| tx)
+        .collect())
+}
+
+/// First time each transaction was seen in a committed block, by watching
+/// one node's head every [`POLL`].
+struct CommitWatcher {
+    seen: Arc<Mutex<HashMap<Hash, Instant>>>,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl CommitWatcher {
+    fn start(node: NodeClient) -> anyhow::Result<Self> {
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut next = node.status()?.height + 1;
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let handle = thread::spawn(move || -> anyhow::Result<()> {
+            while !stop2.load(Ordering::Relaxed) {
+                let head = node.status()?.height;
+                // Bounded: each page advances `next` by at least one block.
+                while next <= head {
+                    let page = node.blocks(next, 100)?;
+                    let now = Instant::now();
+                    let Some(last) = page.blocks.last() else {
+                        bail!("empty block page at {next} below head {head}");
+                    };
+                    next = last.block.header.height + 1;
+                    let mut seen = seen2.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+                    for block in &page.blocks {
+                        for tx in &block.block.transactions {
+                            seen.entry(tx.hash()).or_insert(now);
+                        }
+                    }
+                }
+                thread::sleep(POLL);
+            }
+            Ok(())
+        });
+        Ok(CommitWatcher {
+            seen,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Waits until every hash is seen (or `within` passes); returns the
+    /// commit time of each hash, `None` for those never seen.
+    fn wait_all(&self, hashes: &[Hash], within: Duration) -> anyhow::Result<Vec<Option<Instant>>> {
+        let start = Instant::now();
+        loop {
+            let seen = self.seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            let times: Vec<_> = hashes.iter().map(|h| seen.get(h).copied()).collect();
+            drop(seen);
+            if times.iter().all(Option::is_some) || start.elapsed() >= within {
+                return Ok(times);
+            }
+            if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
+                bail!("the commit watcher stopped");
+            }
+            thread::sleep(POLL);
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(|h| h.join()) {
+            Some(Ok(result)) => result.context("commit watcher"),
+            Some(Err(_)) => bail!("commit watcher panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a load run did.
+struct Load {
+    start: Instant,
+    /// First submission attempt of each transaction; `None` if never accepted.
+    submitted: Vec<Option<Instant>>,
+    busy_retries: usize,
+    failures: Vec<String>,
+}
+
+/// One load thread's accepted submissions (index, first attempt) and failures.
+type ThreadOutcome = (Vec<(usize, Instant)>, Vec<String>);
+
+/// Submits `txs` from `threads` threads, round-robin over `nodes`; paced at
+/// `rate` tx/s when given, as fast as accepted otherwise. A 503 `busy`
+/// backs off (10 ms doubling to 200 ms) and retries until `deadline`.
+fn run_load(
+    nodes: &[NodeClient],
+    txs: &[Transaction],
+    threads: usize,
+    rate: Option<f64>,
+    deadline: Duration,
+    stop: &AtomicBool,
+) -> Load {
+    let next = AtomicUsize::new(0);
+    let busy = AtomicUsize::new(0);
+    let start = Instant::now();
+    let results: Vec<ThreadOutcome> = thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    let mut failures = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= txs.len() || stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        if let Some(rate) = rate {
+                            let due = start + Duration::from_secs_f64(i as f64 / rate);
+                            thread::sleep(due.saturating_duration_since(Instant::now()));
+                        }
+                        if start.elapsed() >= deadline {
+                            failures.push(format!("tx {i}: load deadline passed"));
+                            break;
+                        }
+                        let node = &nodes[i % nodes.len()];
+                        let first_attempt = Instant::now();
+                        let mut pause = Duration::from_millis(10);
+                        // Ends: every retry sleeps, and the deadline stops it.
+                        loop {
+                            match node.submit(&txs[i]) {
+                                Ok(_) => {
+                                    done.push((i, first_attempt));
+                                    break;
+                                }
+                                Err(NodeError::Api { status: 503, .. })
+                                    if start.elapsed() + pause < deadline =>
+                                {
+                                    busy.fetch_add(1, Ordering::Relaxed);
+                                    thread::sleep(pause);
+                                    pause = (pause * 2).min(Duration::from_millis(200));
+                                }
+                                Err(e) => {
+                                    failures.push(format!("tx {i} at {}: {e}", node.url()));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    (done, failures)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| (Vec::new(), vec!["load thread panicked".into()]))
+            })
+            .collect()
+    });
+    let mut submitted = vec![None; txs.len()];
+    let mut failures = Vec::new();
+    for (done, failed) in results {
+        for (i, at) in done {
+            submitted[i] = Some(at);
+        }
+        failures.extend(failed);
+    }
+    Load {
+        start,
+        submitted,
+        busy_retries: busy.into_inner(),
+        failures,
+    }
+}
+
+/// Signatures per transaction of a registration (admin + device).
+const SIGNATURES_PER_REGISTRATION: usize = 2;
+/// Signatures per batch when measuring the verification bound.
+const BOUND_BATCH: usize = 1024;
+
+/// The verification bound, measured before the nodes start: batch-verified
+/// Ed25519 signatures per second on every core for about `seconds`, divided
+/// by the signatures each transaction costs the whole testnet (every
+/// validator verifies every signature). Same method as `sig-bench`.
+fn verification_bound(seconds: f64, validators: usize) -> (f64, f64) {
+    let corpus: Vec<_> = (0..BOUND_BATCH)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let key = SigningKey::from_seed(seed);
+            let message = format!("bound transaction {i}").into_bytes();
+            let signature = key.sign(Domain::Transaction, &message);
+            (key.public(), message, signature)
+        })
+        .collect();
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let budget = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let batches: usize = thread::scope(|s| {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut batches = 0usize;
+                    while start.elapsed() < budget {
+                        let mut batch = BatchVerifier::with_capacity(BOUND_BATCH);
+                        for (key, message, signature) in &corpus {
+                            batch.queue(*key, Domain::Transaction, message, *signature);
+                        }
+                        assert!(batch.verify().is_ok(), "the corpus is validly signed");
+                        batches += 1;
+                    }
+                    batches
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+    });
+    let signatures_per_second = (batches * BOUND_BATCH) as f64 / start.elapsed().as_secs_f64();
+    let tx_per_second = signatures_per_second / (validators * SIGNATURES_PER_REGISTRATION) as f64;
+    (signatures_per_second, tx_per_second)
+}
+
+/// Percentile `q` (0..=1) of sorted `values` (nearest rank).
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct LatencyRun {
+    offered: f64,
+    committed: usize,
+    total: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    busy_retries: usize,
+    failures: usize,
+}
+
+/// Commit latencies (submit -> first seen committed) of a paced load.
+fn latency_run(
+    net: &Testnet,
+    watcher: &CommitWatcher,
+    txs: &[Transaction],
+    rate: f64,
+    threads: usize,
+) -> anyhow::Result<LatencyRun> {
+    let stop = AtomicBool::new(false);
+    let deadline = Duration::from_secs_f64(txs.len() as f64 / rate) + COMMIT_DEADLINE;
+    let load = run_load(&net.nodes, txs, threads, Some(rate), deadline, &stop);
+    let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
+    let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
+    let mut latencies: Vec<Duration> = load
+        .submitted
+        .iter()
+        .zip(&committed)
+        .filter_map(|(s, c)| Some(c.as_ref()?.saturating_duration_since(*s.as_ref()?)))
+        .collect();
+    latencies.sort();
+    Ok(LatencyRun {
+        offered: rate,
+        committed: latencies.len(),
+        total: txs.len(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        busy_retries: load.busy_retries,
+        failures: load.failures.len(),
+    })
+}
+
+fn print_latency(label: &str, run: &LatencyRun) {
+    println!(
+        "{label}: offered {:.0} tx/s, {}/{} committed, commit latency p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (busy retries {}, failed submissions {})",
+        run.offered,
+        run.committed,
+        run.total,
+        ms(run.p50),
+        ms(run.p99),
+        ms(run.max),
+        run.busy_retries,
+        run.failures
+    );
+}
+
+/// Mean time of `work` over about `seconds` (at most [`MAX_VERIFY_ITERATIONS`]).
+fn mean_time(
+    seconds: f64,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Duration> {
+    let budget = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < budget && (n as usize) < MAX_VERIFY_ITERATIONS {
+        work()?;
+        n += 1;
+    }
+    Ok(start.elapsed() / n.max(1))
+}
+
+fn is_revoked(proof: &DeviceProof) -> bool {
+    matches!(
+        proof.record.as_ref().map(|r| &r.status),
+        Some(DeviceStatus::Revoked { .. })
+    )
+}
+
+/// Polls every pending revocation (index into `revocations`, submission
+/// time) every [`POLL`], each time on the next node, until its proof verifies
+/// and shows it revoked; stops when all are resolved and no more will come,
+/// or at `deadline`. Returns the visibility delays and the look-up errors.
+fn poll_revocations(
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    revocations: &[(DeviceName, Transaction)],
+    pending: &Mutex<Vec<(usize, Instant)>>,
+    submissions_done: &AtomicBool,
+    deadline: Instant,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut visible = Vec::new();
+    let mut poll_errors = 0usize;
+    let mut pass = 0usize;
+    while Instant::now() < deadline {
+        let snapshot: Vec<(usize, Instant)> = pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .clone();
+        if snapshot.is_empty() && submissions_done.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut resolved = Vec::new();
+        for (i, at) in &snapshot {
+            let (name, _) = &revocations[*i];
+            match nodes[(i + pass) % nodes.len()].device_proof(name) {
+                Ok(proof) => {
+                    verify_device_proof(&anchor.chain_id, &anchor.validator_set, &proof)?;
+                    if is_revoked(&proof) {
+                        visible.push(at.elapsed());
+                        resolved.push(*i);
+                    }
+                }
+                Err(_) => poll_errors += 1,
+            }
+        }
+        pending
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .retain(|(i, _)| !resolved.contains(i));
+        pass += 1;
+        thread::sleep(POLL);
+    }
+    Ok((visible, poll_errors))
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("net-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let node_bin = match args.node_bin.clone().map_or_else(default_node_bin, Ok) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("net-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    // Before the nodes start, so they do not compete with it.
+    let bound = verification_bound(args.bound_seconds, args.validators);
+    let net = match start_testnet(&node_bin, args.validators) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("net-bench: {e:#}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(&args, &net, bound) {
+        eprintln!("net-bench: {e:#}\n{}", net.log_tails());
+        drop(net);
+        std::process::exit(1);
+    }
+}
+
+/// `keyreg-node` next to this binary (same target directory).
+fn default_node_bin() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .context("this binary has no directory")?
+        .join("keyreg-node");
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release -p keyreg-node (or pass --node-bin)",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// `bound`: (signatures/s, tx/s) from [`verification_bound`].
+fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "net-bench: {} validators on loopback, {cores} cores shared by the nodes and this load generator",
+        args.validators
+    );
+    println!(
+        "verification bound (before the nodes started): {:.0} signatures/s batch-verified on {cores} cores = {:.0} tx/s at {} validators x {SIGNATURES_PER_REGISTRATION} signatures",
+        bound.0, bound.1, args.validators
+    );
+    wait_for_height(&net.nodes, 2, Duration::from_secs(90))?;
+    let anchor = TrustAnchor::from_genesis_file(&net.dir.path().join("genesis.json"))?;
+    let admin = AdminKey::load(&net.dir.path().join("demo-admin.key"))?;
+    let chain_id = anchor.chain_id.clone();
+    let nodes = &net.nodes;
+
+    // 2. Throughput at saturation.
+    let saturation = registrations(&chain_id, &admin, "sat", args.txs)?;
+    let txs: Vec<Transaction> = saturation.iter().map(|(_, tx)| tx.clone()).collect();
+    let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
+    let watcher = CommitWatcher::start(nodes[0].clone())?;
+    let never = AtomicBool::new(false);
+    let cpu_before = cpu_split(net)?;
+    let load = run_load(nodes, &txs, args.threads, None, COMMIT_DEADLINE, &never);
+    let submit_end = Instant::now();
+    let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
+    let cpu_after = cpu_split(net)?;
+    let committed_count = committed.iter().flatten().count();
+    let last_commit = committed
+        .iter()
+        .flatten()
+        .max()
+        .copied()
+        .context("nothing committed")?;
+    let span = last_commit.saturating_duration_since(load.start);
+    let throughput = committed_count as f64 / span.as_secs_f64();
+    let accepted = load.submitted.iter().flatten().count();
+    println!(
+        "throughput: {committed_count}/{} committed in {:.2} s = {throughput:.0} tx/s (submitting took {:.2} s, {accepted} accepted, {} busy retries, {} failed)",
+        txs.len(),
+        span.as_secs_f64(),
+        submit_end.duration_since(load.start).as_secs_f64(),
+        load.busy_retries,
+        load.failures.len()
+    );
+    let node_cpu = cpu_after.0 - cpu_before.0;
+    let bench_cpu = cpu_after.1 - cpu_before.1;
+    println!(
+        "  CPU while submitting and committing: nodes {node_cpu:.2} s ({:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
+        committed_count as f64 / node_cpu.max(1e-9),
+        span.as_secs_f64()
+    );
+    println!(
+        "  = {:.3}x the verification bound",
+        throughput / bound.1.max(1e-9)
+    );
+    for f in load.failures.iter().take(5) {
+        println!("  failure: {f}");
+    }
+    // Registrations must have executed, not merely been included.
+    for hash in hashes.iter().step_by((hashes.len() / 20).max(1)) {
+        let status = nodes[0].tx_status(hash)?.context("committed tx unknown")?;
+        if status.status != "committed" {
+            bail!(
+                "transaction {hash} is {}: {:?}",
+                status.status,
+                status.error
+            );
+        }
+    }
+
+    // Latency at low load and at half the saturation rate.
+    let low_count = ((args.rate * args.latency_seconds).ceil() as usize).max(1);
+    let low_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "low", low_count)?;
+    let low = latency_run(net, &watcher, &low_txs, args.rate, args.threads)?;
+    print_latency("latency, low load", &low);
+    let half_rate = (throughput / 2.0).max(1.0);
+    let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
+    let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
+    let half = latency_run(net, &watcher, &half_txs, half_rate, args.threads)?;
+    print_latency("latency, half saturation", &half);
+
+    lookup_phase(args, nodes, &anchor, &saturation)?;
+    revocation_phase(
+        args,
+        nodes,
+        &anchor,
+        &admin,
+        &saturation,
+        &committed,
+        half_rate,
+    )?;
+    watcher.finish()
+}
+
+/// Item 4: client-side verification cost of a look-up, and one node's serving rate.
+fn lookup_phase(
+    args: &Args,
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    saturation: &[(DeviceName, Transaction)],
+) -> anyhow::Result<()> {
+    let chain_id = anchor.chain_id.as_str();
+    let (name, _) = &saturation[0];
+    let proof = nodes[0].device_proof(name)?;
+    let record = verify_device_proof(chain_id, &anchor.validator_set, &proof)?
+        .context("a registered device has no record")?;
+    let record_bytes = record.to_bytes();
+    let cold = mean_time(1.0, || {
+        verify_device_proof(chain_id, &anchor.validator_set, &proof)?;
+        Ok(())
+    })?;
+    let warm = mean_time(1.0, || {
+        proof.proof.verify(
+            &proof.header.state_root,
+            &name.state_key(),
+            Some(&record_bytes),
+        )?;
+        Ok(())
+    })?;
+    let fetch_and_verify = mean_time(2.0, || {
+        let p = nodes[0].device_proof(name)?;
+        verify_device_proof(chain_id, &anchor.validator_set, &p)?;
+        Ok(())
+    })?;
+    println!(
+        "verified look-up, client side: cold (certificate + proof) {:.1} us, header already verified (proof only) {:.1} us; GET + decode + cold verify, one thread: {:.2} ms",
+        cold.as_secs_f64() * 1e6,
+        warm.as_secs_f64() * 1e6,
+        ms(fetch_and_verify)
+    );
+    let served = AtomicUsize::new(0);
+    let errors = AtomicUsize::new(0);
+    let lookup_budget = Duration::from_secs_f64(args.lookup_seconds);
+    let lookup_start = Instant::now();
+    thread::scope(|s| {
+        for t in 0..args.threads {
+            let (served, errors, saturation) = (&served, &errors, &saturation);
+            s.spawn(move || {
+                let mut i = t;
+                while lookup_start.elapsed() < lookup_budget {
+                    let (name, _) = &saturation[i % saturation.len()];
+                    match nodes[0].device_proof(name) {
+                        Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += args.threads;
+                }
+            });
+        }
+    });
+    let lookup_rate = served.into_inner() as f64 / lookup_start.elapsed().as_secs_f64();
+    println!(
+        "look-ups served by one node over HTTP ({} client threads, {:.0} s, proofs decoded not verified): {lookup_rate:.0}/s ({} errors)",
+        args.threads,
+        args.lookup_seconds,
+        errors.into_inner()
+    );
+
+    Ok(())
+}
+
+/// Item 6: revocations of devices registered at saturation (`committed[i]` is
+/// `Some` when `saturation[i]` committed), under `half_rate` tx/s of
+/// registrations: submission -> first verified proof showing `Revoked`.
+fn revocation_phase(
+    args: &Args,
+    nodes: &[NodeClient],
+    anchor: &TrustAnchor,
+    admin: &AdminKey,
+    saturation: &[(DeviceName, Transaction)],
+    committed: &[Option<Instant>],
+    half_rate: f64,
+) -> anyhow::Result<()> {
+    let chain_id = anchor.chain_id.as_str();
+    let revocations: Vec<(DeviceName, Transaction)> = saturation
+        .iter()
+        .zip(committed)
+        .filter(|(_, c)| c.is_some())
+        .take(args.revocations)
+        .map(|((name, _), _)| {
+            let tx = revoke(chain_id, name, "bench", Authority::Admin, &admin.signing);
+            (name.clone(), tx)
+        })
+        .collect();
+    let revocation_seconds = revocations.len() as f64 / args.revocation_rate;
+    let background_count = ((half_rate * (revocation_seconds + 10.0)).ceil() as usize).max(1);
+    let background: Vec<Transaction> = registration_txs(chain_id, admin, "bg", background_count)?;
+    let stop_background = AtomicBool::new(false);
+    let pending: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+    let submissions_done = AtomicBool::new(false);
+    let phase_deadline = Duration::from_secs_f64(revocation_seconds) + COMMIT_DEADLINE;
+    let phase_start = Instant::now();
+    let (visible, revocation_failures) = thread::scope(|s| -> anyhow::Result<_> {
+        let background_load = s.spawn(|| {
+            run_load(
+                nodes,
+                &background,
+                args.threads,
+                Some(half_rate),
+                phase_deadline,
+                &stop_background,
+            )
+        });
+        let submitter = s.spawn(|| {
+            let mut failures = Vec::new();
+            for (i, (_, tx)) in revocations.iter().enumerate() {
+                let due = phase_start + Duration::from_secs_f64(i as f64 / args.revocation_rate);
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+                let at = Instant::now();
+                match nodes[i % nodes.len()].submit(tx) {
+                    Ok(_) => match pending.lock() {
+                        Ok(mut p) => p.push((i, at)),
+                        Err(_) => failures.push("poisoned".to_string()),
+                    },
+                    Err(e) => failures.push(format!("revocation {i}: {e}")),
+                }
+            }
+            submissions_done.store(true, Ordering::Relaxed);
+            failures
+        });
+        let polled = poll_revocations(
+            nodes,
+            anchor,
+            &revocations,
+            &pending,
+            &submissions_done,
+            phase_start + phase_deadline,
+        );
+        stop_background.store(true, Ordering::Relaxed);
+        let mut failures = submitter
+            .join()
+            .unwrap_or_else(|_| vec!["revocation submitter panicked".into()]);
+        let (visible, poll_errors) = polled?;
+        if poll_errors > 0 {
+            failures.push(format!("{poll_errors} look-up errors while polling"));
+        }
+        let background = background_load
+            .join()
+            .map_err(|_| anyhow::anyhow!("background load panicked"))?;
+        println!(
+            "  background load during revocations: {:.0} tx/s offered, {} submitted, {} busy retries",
+            half_rate,
+            background.submitted.iter().flatten().count(),
+            background.busy_retries
+        );
+        Ok((visible, failures))
+    })?;
+    let mut visible = visible;
+    visible.sort();
+    println!(
+        "revocation visibility ({} revocations at {:.0}/s, under {:.0} tx/s of registrations; verified proof shows Revoked, polled every {} ms): {}/{} visible, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        revocations.len(),
+        args.revocation_rate,
+        half_rate,
+        POLL.as_millis(),
+        visible.len(),
+        revocations.len(),
+        ms(percentile(&visible, 0.5)),
+        ms(percentile(&visible, 0.99)),
+        ms(visible.last().copied().unwrap_or_default())
+    );
+    for f in revocation_failures.iter().take(5) {
+        println!("  revocation issue: {f}");
+    }
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! checks a block must pass against its parent.
 
 use bincode::{Decode, Encode};
-use keyreg_consensus::certificate::{CommitCertificate, MAX_CHAIN_ID_LEN};
+use keyreg_consensus::certificate::CommitCertificate;
 use keyreg_consensus::codec::{try_encode, Canonical};
 use keyreg_consensus::crypto::{hash, hash_parts, Domain, Hash, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -246,7 +246,7 @@ impl Block {
         if h.version != Header::VERSION {
             return Err(BlockError::Version(h.version));
         }
-        if h.chain_id != chain_id || chain_id.len() > MAX_CHAIN_ID_LEN {
+        if h.chain_id != chain_id {
             return Err(BlockError::WrongChain {
                 expected: chain_id.to_string(),
                 found: h.chain_id.clone(),

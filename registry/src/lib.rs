@@ -6,7 +6,8 @@
 //! Layering: [`names`] and [`records`] (data model) → [`tx`] (transactions,
 //! stateless checks) → [`execute`] (state transitions over a [`state`] view)
 //! → [`block`] (headers, tx root, block checks) → [`ledger`] over a
-//! [`store`]. [`tree_state`] is the only module that talks to [`tree`].
+//! [`store`]. [`tree_state`] is the only module that runs tree operations
+//! (read, apply, prove) on [`tree`].
 //! [`lookup`] holds what clients verify. See `docs/registry.md`.
 
 pub mod block;

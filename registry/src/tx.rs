@@ -388,6 +388,17 @@ impl Transaction {
         }
     }
 
+    /// Decodes a transaction received from outside and runs
+    /// [`check_stateless`](Self::check_stateless): the mempool's entry point.
+    pub fn from_wire(bytes: &[u8], chain_id: &str) -> Result<Self, TxError> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(too_large(SizeLimit::Transaction, bytes.len(), MAX_TX_BYTES));
+        }
+        let tx = Self::from_bytes(bytes).map_err(|e| TxError::Malformed(e.to_string()))?;
+        tx.check_stateless(chain_id)?;
+        Ok(tx)
+    }
+
     /// What every signer signs: everything but the signatures.
     pub fn sign_bytes(&self) -> Vec<u8> {
         encode(&(self.version, &self.chain_id, &self.body))

@@ -819,3 +819,40 @@ fn commitment_to_the_new_key_itself_is_rejected() {
     .signed_by(&[&current, &new]);
     rejects(&mut env, tx, TxError::CommitmentReuse);
 }
+
+#[test]
+fn two_validator_changes_in_one_block_move_one_epoch() {
+    let mut env = env();
+    let (a, g) = (env.admin("acme"), env.admin("globex"));
+    let set_of = |tag: &str| {
+        let mut v: Vec<ValidatorInfo> = (0..2)
+            .map(|i| ValidatorInfo::new(test_key(&format!("{tag}/{i}")).public(), 1, "addr"))
+            .collect();
+        v.sort_by_key(|x| x.key);
+        v
+    };
+    let first = governance(
+        0,
+        GovernanceAction::SetValidators {
+            validators: set_of("x"),
+        },
+        &[&a, &g],
+    );
+    let second = governance(
+        1,
+        GovernanceAction::SetValidators {
+            validators: set_of("y"),
+        },
+        &[&a, &g],
+    );
+    assert_eq!(env.run(vec![first, second]), vec![Ok(()), Ok(())]);
+    assert_eq!(env.ledger.validator_set().epoch, 1);
+    assert_eq!(env.ledger.validators().unwrap(), set_of("y"));
+    // A smaller set leaves no stale validator entries behind.
+    assert_eq!(env.ledger.governance().unwrap().validator_count, 2);
+    let head = env.ledger.state_at(env.ledger.height()).unwrap();
+    for index in 2..4 {
+        let key = keyreg_registry::records::validator_key(index);
+        assert_eq!(keyreg_registry::StateView::get(&head, &key).unwrap(), None);
+    }
+}

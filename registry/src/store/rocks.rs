@@ -123,7 +123,7 @@ impl RocksLedgerStore {
         }
         let stale = self.cf(CF_STALE)?;
         for entry in &tree.stale_nodes {
-            batch.put_cf(stale, entry.to_bytes(), []);
+            batch.put_cf(stale, entry.to_bytes(), b"");
         }
         Ok(())
     }

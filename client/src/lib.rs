@@ -10,6 +10,18 @@
 //! * [`node`]: the HTTP client for one node's API.
 //! * [`cli`]: the `keyreg` command line.
 
+// No panic reachable from network, API or file input: outside tests, these
+// are errors; the few internal invariants that keep one say why, in place.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod cli;
 pub mod framing;
 pub mod keys;

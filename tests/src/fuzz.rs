@@ -37,9 +37,12 @@ use keyreg_registry::{
 
 use crate::fixture::{fixture, name, Fixture, ABSENT, ACTIVE, CHAIN};
 
+/// A fuzz target's logic.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the corpus directory and the cargo-fuzz target)
 /// and its function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("transaction", transaction),
     ("consensus_message", consensus_message),
     ("state_proof", state_proof),

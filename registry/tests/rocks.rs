@@ -111,10 +111,14 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
         ledger.device_proof_at(&name("acme/d0"), height - 2),
         Err(LedgerError::Pruned { .. })
     ));
-    let proof = ledger
-        .device_proof_at(&name("acme/late"), height - 1)
+    let kept = ledger
+        .device_proof_at(&name("acme/d0"), height - 1)
         .unwrap();
-    assert!(verify_device_proof(CHAIN, ledger.validator_set(), &proof)
+    assert!(verify_device_proof(CHAIN, ledger.validator_set(), &kept)
+        .unwrap()
+        .is_some());
+    let late = ledger.device_proof(&name("acme/late")).unwrap();
+    assert!(verify_device_proof(CHAIN, ledger.validator_set(), &late)
         .unwrap()
         .is_some());
 }

@@ -8,11 +8,16 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use keyreg_consensus::crypto::PublicKey;
+use keyreg_registry::genesis::Genesis;
 use keyreg_registry::names::{DeviceName, OrgId};
 use keyreg_registry::records::{DeviceRecord, DeviceStatus, ValidatorInfo};
 use keyreg_registry::tx::{Authority, GovernanceAction, Transaction, TxBody};
 use serde_json::{json, Value};
 
+use crate::audit::{
+    cli_progress, device_history, run_audit, AuditError, AuditOptions, BlockSource,
+    CheckpointOptions, FileSource, HttpSource,
+};
 use crate::keys::{AdminKey, DeviceKeys};
 use crate::light::{now_ms, LightClient, LightConfig, TrustAnchor, VerifiedLookup};
 use crate::node::NodeClient;
@@ -72,8 +77,12 @@ pub enum Command {
     Revoke(RevokeArgs),
     /// Look a device up and verify the answer.
     Lookup(LookupArgs),
-    /// List the transactions that touched a device, from verified blocks.
+    /// A device's whole key history (registrations, rotations, revocation),
+    /// each event proven by a full replay from genesis.
     History(HistoryArgs),
+    /// Replay the ledger from genesis: every certificate, signature, root and
+    /// validator-set change is recomputed. Exits 1 on the first divergence.
+    Audit(AuditArgs),
     /// Propose, approve, inspect and submit governance actions.
     #[command(subcommand)]
     Governance(Governance),
@@ -164,15 +173,40 @@ pub struct LookupArgs {
     pub name: String,
 }
 
+/// Where a replay reads blocks: the first `--node`, or an export file.
+#[derive(Args, Debug)]
+pub struct LedgerSourceArgs {
+    /// An exported ledger (`keyreg-node export`) instead of a node.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
 #[derive(Args, Debug)]
 pub struct HistoryArgs {
     pub name: String,
-    /// First height to scan.
-    #[arg(long, default_value_t = 1)]
-    pub from: u64,
-    /// Last height to scan (default: the head).
+    #[command(flatten)]
+    pub source: LedgerSourceArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[command(flatten)]
+    pub source: LedgerSourceArgs,
+    /// Save progress here (and with --resume, continue from it).
     #[arg(long)]
-    pub to: Option<u64>,
+    pub checkpoint: Option<PathBuf>,
+    /// Save the checkpoint every N blocks.
+    #[arg(long, default_value_t = 1000, requires = "checkpoint")]
+    pub checkpoint_every: u64,
+    /// Continue from the checkpoint file when it exists.
+    #[arg(long, requires = "checkpoint")]
+    pub resume: bool,
+    /// Most blocks whose signatures are verified in one batch.
+    #[arg(long, default_value_t = AuditOptions::DEFAULT_WINDOW_BLOCKS)]
+    pub window_blocks: usize,
+    /// Most transactions whose signatures are verified in one batch.
+    #[arg(long, default_value_t = AuditOptions::DEFAULT_WINDOW_TXS)]
+    pub window_txs: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -299,6 +333,7 @@ pub fn run(cli: &Cli) -> Result<()> {
         Command::Revoke(a) => revoke(cli, a)?,
         Command::Lookup(a) => lookup(cli, a)?,
         Command::History(a) => history(cli, a)?,
+        Command::Audit(a) => audit(cli, a)?,
         Command::Governance(g) => governance(cli, g)?,
         Command::Session(s) => {
             let stdin = Box::new(std::io::BufReader::new(std::io::stdin()));
@@ -686,90 +721,81 @@ fn describe_lookup(found: &VerifiedLookup) -> Output {
 }
 
 /// Which device names a transaction touches, and how.
-fn touches<'a>(tx: &'a Transaction, name: &DeviceName) -> Option<&'a str> {
-    match &tx.body {
-        TxBody::RegisterDevice(r) if r.name == *name => Some("register"),
-        TxBody::RegisterLot { devices, .. } if devices.iter().any(|r| r.name == *name) => {
-            Some("register (lot)")
-        }
-        TxBody::RotateDevice(r) if r.name == *name => Some("rotate"),
-        TxBody::RevokeDevice(r) if r.name == *name => Some("revoke"),
-        _ => None,
+impl Cli {
+    fn genesis_file(&self) -> Result<Genesis> {
+        let path = self
+            .genesis
+            .as_ref()
+            .ok_or_else(|| anyhow!("--genesis FILE (the trust anchor) is required"))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading genesis {}", path.display()))?;
+        Genesis::from_json(&text).with_context(|| format!("genesis {}", path.display()))
+    }
+
+    /// Runs `replay` over the ledger source the arguments name.
+    fn with_ledger_source<T>(
+        &self,
+        source: &LedgerSourceArgs,
+        replay: impl FnOnce(Box<dyn BlockSource>) -> Result<T, AuditError>,
+    ) -> Result<T> {
+        let boxed: Box<dyn BlockSource> = match (&source.file, self.nodes.first()) {
+            (Some(path), _) => Box::new(FileSource::open_path(path)?),
+            (None, Some(url)) => Box::new(HttpSource::new(
+                url,
+                Duration::from_secs(self.timeout.max(1)),
+            )),
+            (None, None) => bail!("give --node URL or --file EXPORT"),
+        };
+        Ok(replay(boxed)?)
     }
 }
 
 fn history(cli: &Cli, args: &HistoryArgs) -> Result<Output> {
     let name = device_name(&args.name)?;
-    // A fresh client from genesis: old blocks need old epochs' sets.
-    let anchor = TrustAnchor::from_genesis_file(
-        cli.genesis
-            .as_ref()
-            .ok_or_else(|| anyhow!("--genesis FILE (the trust anchor) is required"))?,
-    )?;
-    let mut light = LightClient::new(anchor, cli.node_clients(), LightConfig::default());
-    let nodes = cli.node_clients();
-    let first = nodes
-        .first()
-        .ok_or_else(|| anyhow!("--node URL is required"))?;
-    let head = match args.to {
-        Some(to) => to,
-        None => first.status()?.height,
-    };
-    let progress = progress_bar(cli, head.saturating_sub(args.from) + 1, "verifying blocks");
-    let mut events = Vec::new();
+    let genesis = cli.genesis_file()?;
+    let mut progress = cli_progress(cli.json);
+    let events = cli.with_ledger_source(&args.source, |source| {
+        device_history(source, &genesis, &name, progress.as_mut())
+    })?;
     let mut text = String::new();
-    let mut next = Some(args.from.max(1));
-    // Each page advances `next` strictly or ends the scan.
-    while let Some(from) = next.filter(|h| *h <= head) {
-        let page = first.blocks(from, crate::node::MAX_BLOCKS_PER_PAGE)?;
-        if page.blocks.is_empty() {
-            break;
-        }
-        for block in page.blocks {
-            let height = block.block.header.height;
-            if height > head {
-                break;
-            }
-            let verified = light
-                .verify_block(0, block)
-                .map_err(|e| anyhow!("block {height} from {}: {e}", first.url()))?;
-            for (index, tx) in verified.block.block.transactions.iter().enumerate() {
-                if let Some(kind) = touches(tx, &name) {
-                    let hash = tx.hash();
-                    // The result is the node's word: results are not in headers.
-                    let result =
-                        first
-                            .tx_status(&hash)
-                            .ok()
-                            .flatten()
-                            .map_or("unknown".to_string(), |s| match s.error {
-                                Some(e) => format!("{} ({e})", s.status),
-                                None => s.status,
-                            });
-                    text.push_str(&format!(
-                        "height {height} #{index}  {kind:<15} {hash}  node reports: {result}\n"
-                    ));
-                    events.push(json!({"height": height, "index": index, "kind": kind, "hash": hash, "node_reported_result": result}));
-                }
-            }
-            progress.inc(1);
-        }
-        next = page.next.filter(|n| *n > from);
-    }
-    progress.finish_and_clear();
-    if events.is_empty() {
+    for e in &events {
         text.push_str(&format!(
-            "no transaction touched {name} in heights {}..={head}\n",
-            args.from
+            "height {:>8} #{:<4} {:<10} key v{} signing {} agreement {}  tx {}\n",
+            e.height,
+            e.index,
+            e.kind,
+            e.key_version,
+            e.signing_key,
+            hex::encode(e.agreement_key.0),
+            e.tx_hash,
         ));
     }
-    text.push_str(&format!(
-        "blocks verified up to height {head} (certificates and transaction roots; results as reported by {})",
-        first.url()
-    ));
+    if events.is_empty() {
+        text.push_str(&format!("{name} was never registered\n"));
+    }
+    text.push_str("every event proven: chain replayed from genesis, certificates verified, transaction included under its header's tx_root");
     Ok(Output {
         text,
-        json: json!({"name": name, "from": args.from, "to": head, "events": events}),
+        json: json!({"name": name, "events": events}),
+    })
+}
+
+fn audit(cli: &Cli, args: &AuditArgs) -> Result<Output> {
+    let mut opts = AuditOptions::new(cli.genesis_file()?);
+    opts.window_blocks = args.window_blocks.max(1);
+    opts.window_txs = args.window_txs.max(1);
+    opts.checkpoint = args.checkpoint.as_ref().map(|path| CheckpointOptions {
+        path: path.clone(),
+        every: args.checkpoint_every.max(1),
+        resume: args.resume,
+    });
+    let mut progress = cli_progress(cli.json);
+    let summary = cli.with_ledger_source(&args.source, |source| {
+        run_audit(&opts, source, progress.as_mut())
+    })?;
+    Ok(Output {
+        text: summary.to_string(),
+        json: serde_json::to_value(&summary)?,
     })
 }
 
@@ -1132,6 +1158,7 @@ mod tests {
             Command::Revoke(a) => revoke(cli, a),
             Command::Lookup(a) => lookup(cli, a),
             Command::History(a) => history(cli, a),
+            Command::Audit(a) => audit(cli, a),
             Command::Governance(g) => governance(cli, g),
             Command::Status => status(cli),
             Command::Session(_) => unreachable!("see pipe_connects_two_devices_through_the_cli"),
@@ -1462,10 +1489,12 @@ mod tests {
         let node = FakeNode::start();
         let (keys, register) = chain.new_device("alpha");
         let (_, other) = chain.new_device("beta");
-        chain.commit(vec![register], now_ms());
-        chain.commit(vec![other], now_ms());
+        // Strictly increasing block times, as validators enforce.
+        let t0 = now_ms();
+        chain.commit(vec![register], t0);
+        chain.commit(vec![other], t0 + 1);
         let next = keys.current.successor().unwrap();
-        chain.commit(vec![txs::rotate_device(CHAIN, &keys, &next, 0)], now_ms());
+        chain.commit(vec![txs::rotate_device(CHAIN, &keys, &next, 0)], t0 + 2);
         chain.serve(&node, &["acme/alpha"]);
         serve_tx_results(&chain, &node);
         let genesis_hash = chain.genesis.hash().to_hex();
@@ -1473,7 +1502,7 @@ mod tests {
             "GET",
             "/v1/status",
             200,
-            json!({"chain_id": CHAIN, "genesis_hash": genesis_hash, "height": 3, "head_hash": "", "state_root": "",
+            json!({"chain_id": CHAIN, "genesis_hash": genesis_hash, "height": 3, "head_hash": chain.blocks[&3].block.header.hash().to_hex(), "state_root": "",
                 "epoch": 0, "validator_set": "", "peers": 3, "syncing": false, "is_validator": true, "mempool": 0})
             .to_string(),
         );
@@ -1484,7 +1513,7 @@ mod tests {
             .collect();
         node.set(
             "GET",
-            "/v1/blocks?from=1&limit=100",
+            "/v1/blocks?from=1&limit=3",
             200,
             json!({"blocks": blocks, "next": null}).to_string(),
         );
@@ -1496,11 +1525,11 @@ mod tests {
         assert_eq!(events.len(), 2);
         assert_eq!(
             (events[0]["height"].as_u64(), events[0]["kind"].as_str()),
-            (Some(1), Some("register"))
+            (Some(1), Some("registered"))
         );
         assert_eq!(
             (events[1]["height"].as_u64(), events[1]["kind"].as_str()),
-            (Some(3), Some("rotate"))
+            (Some(3), Some("rotated"))
         );
 
         // A tampered block in the page fails the scan.
@@ -1510,14 +1539,14 @@ mod tests {
         tampered[1] = hex::encode(bad.to_bytes());
         node.set(
             "GET",
-            "/v1/blocks?from=1&limit=100",
+            "/v1/blocks?from=1&limit=3",
             200,
             json!({"blocks": tampered, "next": null}).to_string(),
         );
         let err = output(&env.cli(&node, &["history", "acme/alpha"]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("block 2"), "{err}");
+        assert!(err.contains("height 2"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! * [`txs`]: building, signing, submitting and awaiting transactions.
 //! * [`keys`]: device and admin key files.
 //! * [`node`]: the HTTP client for one node's API.
+//! * [`audit`]: ledger replay for auditors (every certificate, signature
+//!   and root recomputed) and proven device histories.
 //! * [`cli`]: the `keyreg` command line.
 
 // No panic reachable from network, API or file input: outside tests, these
@@ -22,6 +24,7 @@
     )
 )]
 
+pub mod audit;
 pub mod cli;
 pub mod framing;
 pub mod keys;

@@ -1,1 +1,21 @@
+//! keyreg-node: the consortium node daemon.
+//!
+//! * [`network`]: the libp2p shell (permissioned gossip + block-sync
+//!   request-response) behind a [`network::NetworkHandle`].
+//! * [`driver`]: runs the sans-IO consensus engine against the ledger.
+//! * [`sync`]: block sync client and server.
+//! * [`api`]: the HTTP API; [`mempool`], [`metrics`], [`config`], [`keys`].
+//! * [`node`]: wires it all together; [`cli`]: the `keyreg-node` commands.
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod driver;
+pub mod epochs;
+pub mod export;
+pub mod keys;
+pub mod mempool;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod sync;

@@ -59,6 +59,28 @@ pub fn execute_transactions<V: StateView + ?Sized>(
     height: u64,
     timestamp_ms: u64,
 ) -> Result<Execution, StateError> {
+    let stateless = check_stateless_all(chain_id, txs);
+    execute_transactions_prechecked(parent, txs, stateless, height, timestamp_ms)
+}
+
+/// [`execute_transactions`] for a caller that already ran
+/// [`check_stateless_all`] on `txs` (an auditor batching signatures across
+/// many blocks): `stateless` must be exactly its output, so signatures are
+/// not verified twice.
+pub fn execute_transactions_prechecked<V: StateView + ?Sized>(
+    parent: &V,
+    txs: &[Transaction],
+    stateless: Vec<TxResult>,
+    height: u64,
+    timestamp_ms: u64,
+) -> Result<Execution, StateError> {
+    if stateless.len() != txs.len() {
+        return Err(StateError::Invariant(format!(
+            "{} stateless results for {} transactions",
+            stateless.len(),
+            txs.len()
+        )));
+    }
     let governance = parent.governance()?;
     let validator_set = parent.validator_set()?;
     let ctx = BlockContext {
@@ -68,7 +90,7 @@ pub fn execute_transactions<V: StateView + ?Sized>(
     };
     let mut overlay = Overlay::new(parent);
     let mut results = Vec::with_capacity(txs.len());
-    for (tx, stateless) in txs.iter().zip(check_stateless_all(chain_id, txs)) {
+    for (tx, stateless) in txs.iter().zip(stateless) {
         let result = match stateless {
             Ok(()) => apply(&mut overlay, &ctx, tx)?,
             Err(e) => Err(e),
@@ -511,11 +533,24 @@ pub fn execute_block<R: NodeReader + ?Sized>(
     height: u64,
     timestamp_ms: u64,
 ) -> Result<BlockExecution, StateError> {
+    let stateless = check_stateless_all(chain_id, txs);
+    execute_block_prechecked(reader, txs, stateless, height, timestamp_ms)
+}
+
+/// [`execute_block`] with the stateless results already computed (see
+/// [`execute_transactions_prechecked`]).
+pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
+    reader: &R,
+    txs: &[Transaction],
+    stateless: Vec<TxResult>,
+    height: u64,
+    timestamp_ms: u64,
+) -> Result<BlockExecution, StateError> {
     let parent_version = height
         .checked_sub(1)
         .ok_or_else(|| StateError::Invariant("block 0 is genesis, not executed".into()))?;
     let parent = TreeState::new(reader, parent_version);
-    let execution = execute_transactions(&parent, chain_id, txs, height, timestamp_ms)?;
+    let execution = execute_transactions_prechecked(&parent, txs, stateless, height, timestamp_ms)?;
     let tree_batch = apply_changes(reader, Some(parent_version), height, &execution.changes)?;
     Ok(BlockExecution {
         height,

@@ -24,6 +24,7 @@
 
 pub mod block;
 pub mod execute;
+pub mod export;
 pub mod genesis;
 pub mod ledger;
 pub mod lookup;
@@ -39,7 +40,10 @@ pub mod tree_state;
 pub mod tx;
 
 pub use block::{tx_root, Block, BlockError, CommittedBlock, Header, TxInclusionProof};
-pub use execute::{execute_block, execute_transactions, BlockExecution, Execution, TxResult};
+pub use execute::{
+    execute_block, execute_block_prechecked, execute_transactions, execute_transactions_prechecked,
+    BlockExecution, Execution, TxResult,
+};
 pub use genesis::{Genesis, GenesisError, GenesisOrg, GenesisState};
 pub use ledger::{Ledger, LedgerError};
 pub use lookup::{verify_device_proof, DeviceProof, ProofCheckError};

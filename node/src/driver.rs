@@ -1,0 +1,515 @@
+//! The consensus driver: runs the sans-IO engine on a tokio task.
+//!
+//! * Timers: the engine's `ScheduleTimeout`s go into a min-heap the task
+//!   sleeps on (timers are never cancelled; stale ones are ignored by the
+//!   engine).
+//! * Safety: `Persist` is written to the ledger store's metadata (RocksDB,
+//!   synced) before any later action of the same list runs, above all before
+//!   the votes that follow are gossiped; on start the engine is restored
+//!   from it.
+//! * Proposals come from the mempool (bounded by the block size limit);
+//!   proposals from others are executed against the parent state before the
+//!   engine may prevote for them.
+//! * Commit writes block, certificate, tree nodes and indexes in one atomic
+//!   synced batch (the ledger's), updates the mempool, and at an epoch change
+//!   updates the network allow-list.
+//! * Pacing: the next height starts at least `min_block_interval` after the
+//!   previous commit and only once transactions are waiting, except that an
+//!   empty "heartbeat" block is produced every `heartbeat_interval` so
+//!   certified headers stay fresh for light clients. A message for the next
+//!   height from another validator starts it at once.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bincode::{Decode, Encode};
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::crypto::{hash, Domain};
+use keyreg_consensus::{
+    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Payload, SafetyState,
+    SigningKey, Timeout, TimeoutKind,
+};
+use keyreg_registry::block::MAX_BLOCK_BYTES;
+use keyreg_registry::execute::BlockExecution;
+use keyreg_registry::{Block, CommittedBlock, LedgerStore, Transaction};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::ConsensusConfig;
+use crate::epochs;
+use crate::network::{peer_id_of, Topic, MAX_GOSSIP_PAYLOAD};
+use crate::node::{now_ms, DriverInput, NodeError, Shared};
+
+/// Metadata key of the engine's safety state.
+const SAFETY_KEY: &[u8] = b"consensus/safety";
+/// How often the engine re-sends its own messages of the current round.
+const REBROADCAST_MS: u64 = 2000;
+/// Proposals with a timestamp further than this in the future are refused,
+/// so a proposer cannot make headers look fresher than they are.
+const MAX_FUTURE_DRIFT_MS: u64 = 15_000;
+/// Most transactions drained into one proposal (the block byte limit
+/// usually binds first).
+const MAX_TXS_PER_PROPOSAL: usize = 10_000;
+/// Bound on pending timers (the engine keeps a handful per round).
+const MAX_TIMERS: usize = 4096;
+/// Bound on actions run for one input (each round of rules yields a few).
+const MAX_ACTIONS_PER_INPUT: usize = 10_000;
+/// Pacing checks (mempool non-empty, heartbeat due).
+const PACING_TICK: Duration = Duration::from_millis(20);
+
+/// Identical consensus payloads are deduplicated for half the rebroadcast
+/// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(REBROADCAST_MS / 2);
+
+/// A block as the engine's value: consensus votes for its header hash.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct BlockValue(pub Block);
+
+impl Payload for BlockValue {
+    fn hash(&self) -> Hash {
+        self.0.hash()
+    }
+}
+
+fn engine_config(c: &ConsensusConfig) -> keyreg_consensus::Config {
+    keyreg_consensus::Config {
+        timeout_propose_ms: c.timeout_propose_ms,
+        timeout_propose_delta_ms: c.timeout_propose_ms / 2,
+        timeout_prevote_ms: c.timeout_vote_ms,
+        timeout_prevote_delta_ms: c.timeout_vote_ms / 2,
+        timeout_precommit_ms: c.timeout_vote_ms,
+        timeout_precommit_delta_ms: c.timeout_vote_ms / 2,
+        rebroadcast_interval_ms: REBROADCAST_MS,
+        max_message_bytes: MAX_GOSSIP_PAYLOAD,
+        ..keyreg_consensus::Config::default()
+    }
+}
+
+/// When the next height may start (see the module docs).
+struct PendingStart {
+    earliest: Instant,
+    latest: Instant,
+}
+
+pub struct Driver {
+    shared: Arc<Shared>,
+    key: SigningKey,
+    engine: Engine<BlockValue>,
+    timers: BinaryHeap<Reverse<(Instant, Timeout)>>,
+    /// Executions of proposals seen at the current height, by block hash,
+    /// so a commit does not execute the block twice.
+    executions: HashMap<Hash, BlockExecution>,
+    pending_start: Option<PendingStart>,
+    min_interval: Duration,
+    heartbeat: Duration,
+    sync_hints: mpsc::Sender<u64>,
+}
+
+fn consensus_error(e: impl std::fmt::Display) -> NodeError {
+    NodeError::Consensus(e.to_string())
+}
+
+impl Driver {
+    /// Builds the engine for the first height not in the ledger, restoring
+    /// the persisted safety state if there is one.
+    pub fn new(
+        shared: Arc<Shared>,
+        key: SigningKey,
+        config: &ConsensusConfig,
+        sync_hints: mpsc::Sender<u64>,
+    ) -> Result<Self, NodeError> {
+        let engine = {
+            let ledger = shared.read_ledger();
+            let height = ledger.height() + 1;
+            let set = ledger.validator_set().clone();
+            let chain_id = ledger.chain_id();
+            match ledger.store().get_meta(SAFETY_KEY)? {
+                Some(bytes) => {
+                    let state =
+                        SafetyState::<BlockValue>::from_bytes(&bytes).map_err(consensus_error)?;
+                    Engine::restore(
+                        engine_config(config),
+                        Some(key.clone()),
+                        chain_id,
+                        height,
+                        set,
+                        state,
+                    )
+                }
+                None => Engine::new(
+                    engine_config(config),
+                    Some(key.clone()),
+                    chain_id,
+                    height,
+                    set,
+                ),
+            }
+            .map_err(consensus_error)?
+        };
+        Ok(Driver {
+            shared,
+            key,
+            engine,
+            timers: BinaryHeap::new(),
+            executions: HashMap::new(),
+            pending_start: None,
+            min_interval: Duration::from_millis(config.min_block_interval_ms),
+            heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
+            sync_hints,
+        })
+    }
+
+    /// Runs until shutdown; an error is fatal for the node (it can no longer
+    /// vote safely or store what it committed).
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<DriverInput>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let actions = self.engine.start();
+        self.execute(actions).await?;
+        let mut pacing = tokio::time::interval(PACING_TICK);
+        pacing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_timer = self
+                .timers
+                .peek()
+                .map_or_else(|| Instant::now() + Duration::from_secs(3600), |t| t.0 .0);
+            tokio::select! {
+                _ = shutdown.changed() => return Ok(()),
+                input = inputs.recv() => match input {
+                    Some(input) => self.on_input(input).await?,
+                    None => return Ok(()),
+                },
+                _ = tokio::time::sleep_until(next_timer) => self.fire_timers().await?,
+                _ = pacing.tick() => self.maybe_start_height().await?,
+            }
+        }
+    }
+
+    async fn on_input(&mut self, input: DriverInput) -> Result<(), NodeError> {
+        match input {
+            DriverInput::Consensus(bytes) => {
+                let message = match decode_message::<BlockValue>(&bytes, MAX_GOSSIP_PAYLOAD) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "undecodable consensus message");
+                        return Ok(());
+                    }
+                };
+                // Someone started the next height: join now rather than
+                // waiting for our own pacing.
+                if self.pending_start.is_some() && message.height() == self.engine.height() + 1 {
+                    self.start_next_height().await?;
+                }
+                let actions = self.engine.handle(Event::Message(message));
+                self.execute(actions).await
+            }
+            DriverInput::Synced { blocks, done } => {
+                let result = self.apply_synced(blocks).await?;
+                // The sync task may have stopped; nothing else to tell.
+                let _ = done.send(result);
+                Ok(())
+            }
+        }
+    }
+
+    /// Feeds synced blocks to the engine in order; each commit goes through
+    /// the same path as a consensus commit (certificate verified against the
+    /// current set, block re-executed, stored atomically).
+    async fn apply_synced(
+        &mut self,
+        blocks: Vec<CommittedBlock>,
+    ) -> Result<Result<u64, String>, NodeError> {
+        for committed in blocks {
+            let height = committed.block.header.height;
+            if height <= self.shared.height() {
+                continue;
+            }
+            if self.pending_start.is_some() {
+                self.start_next_height().await?;
+            }
+            if height != self.engine.height() {
+                return Ok(Err(format!(
+                    "block {height} does not follow height {}",
+                    self.shared.height()
+                )));
+            }
+            let actions = self.engine.handle(Event::CommittedBlock {
+                height,
+                value: BlockValue(committed.block),
+                certificate: committed.certificate,
+            });
+            self.execute(actions).await?;
+            if self.shared.height() < height {
+                return Ok(Err(format!("block {height}: certificate does not verify")));
+            }
+        }
+        Ok(Ok(self.shared.height()))
+    }
+
+    async fn fire_timers(&mut self) -> Result<(), NodeError> {
+        let now = Instant::now();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, timeout))) = self.timers.pop() else {
+                break;
+            };
+            if timeout.kind != TimeoutKind::Rebroadcast
+                && timeout.height == self.engine.height()
+                && timeout.round == self.engine.round()
+                && !self.engine.is_decided()
+            {
+                self.shared.metrics.round_timeouts.inc();
+            }
+            let actions = self.engine.handle(Event::Timeout(timeout));
+            self.execute(actions).await?;
+        }
+        Ok(())
+    }
+
+    async fn maybe_start_height(&mut self) -> Result<(), NodeError> {
+        let Some(pending) = &self.pending_start else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let ready =
+            now >= pending.latest || (now >= pending.earliest && self.shared.mempool_len() > 0);
+        if ready {
+            self.start_next_height().await?;
+        }
+        Ok(())
+    }
+
+    async fn start_next_height(&mut self) -> Result<(), NodeError> {
+        self.pending_start = None;
+        let set = self.shared.read_ledger().validator_set().clone();
+        let actions = self.engine.start_height(set).map_err(consensus_error)?;
+        self.execute(actions).await
+    }
+
+    /// Runs `actions` in order, and the actions their answers produce after
+    /// them (the engine's ordering contract holds per list).
+    async fn execute(&mut self, actions: Vec<Action<BlockValue>>) -> Result<(), NodeError> {
+        let mut queue: VecDeque<Action<BlockValue>> = actions.into();
+        let mut steps = 0usize;
+        while let Some(action) = queue.pop_front() {
+            steps += 1;
+            assert!(
+                steps <= MAX_ACTIONS_PER_INPUT,
+                "consensus produced more than {MAX_ACTIONS_PER_INPUT} actions for one input"
+            );
+            match action {
+                Action::Persist(state) => {
+                    self.shared
+                        .write_ledger()
+                        .store_mut()
+                        .put_meta(SAFETY_KEY, &state.to_bytes())?;
+                }
+                Action::Broadcast(message) => {
+                    if let Err(e) = self
+                        .shared
+                        .network
+                        .publish(Topic::Consensus, message.to_bytes())
+                        .await
+                    {
+                        tracing::debug!(error = %e, "consensus message not gossiped");
+                    }
+                }
+                Action::ScheduleTimeout { timeout, after_ms } => {
+                    if self.timers.len() >= MAX_TIMERS {
+                        tracing::error!(?timeout, "too many pending timers; timeout dropped");
+                    } else {
+                        let at = Instant::now() + Duration::from_millis(after_ms);
+                        self.timers.push(Reverse((at, timeout)));
+                    }
+                }
+                Action::RequestProposal { height, round } => {
+                    if let Some(value) = self.propose(height) {
+                        queue.extend(self.engine.handle(Event::ProposalValue {
+                            height,
+                            round,
+                            value,
+                        }));
+                    }
+                }
+                Action::ValidateProposal { height, value, .. } => {
+                    let valid = self.validate(height, &value.0);
+                    queue.extend(self.engine.handle(Event::ValidationResult {
+                        height,
+                        value_hash: value.hash(),
+                        valid,
+                    }));
+                }
+                Action::Commit {
+                    height,
+                    value,
+                    certificate,
+                } => self.commit(height, value.0, certificate).await?,
+                Action::Evidence(evidence) => self.record_evidence(&evidence)?,
+                Action::NeedSync { height } => {
+                    // A full queue already has a sync round coming.
+                    let _ = self.sync_hints.try_send(height);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the next block from the oldest mempool transactions.
+    fn propose(&mut self, height: u64) -> Option<BlockValue> {
+        let txs: Vec<Transaction> = self
+            .shared
+            .mempool()
+            .reap(MAX_BLOCK_BYTES, MAX_TXS_PER_PROPOSAL)
+            .into_iter()
+            .map(|p| p.tx)
+            .collect();
+        let ledger = self.shared.read_ledger();
+        if ledger.height() + 1 != height {
+            return None;
+        }
+        let timestamp_ms = now_ms().max(ledger.head().timestamp_ms + 1);
+        match ledger.propose(txs, timestamp_ms, self.key.public()) {
+            Ok((block, execution)) => {
+                self.executions.insert(block.hash(), execution);
+                Some(BlockValue(block))
+            }
+            Err(e) => {
+                tracing::error!(height, error = %e, "cannot build a proposal");
+                None
+            }
+        }
+    }
+
+    /// Executes a proposed block against its parent state.
+    fn validate(&mut self, height: u64, block: &Block) -> bool {
+        if block.header.timestamp_ms > now_ms() + MAX_FUTURE_DRIFT_MS {
+            tracing::warn!(height, "proposal timestamp is too far in the future");
+            return false;
+        }
+        match self.shared.read_ledger().validate(block) {
+            Ok(execution) => {
+                self.executions.insert(block.hash(), execution);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(height, error = %e, "invalid proposal");
+                false
+            }
+        }
+    }
+
+    async fn commit(
+        &mut self,
+        height: u64,
+        block: Block,
+        certificate: CommitCertificate,
+    ) -> Result<(), NodeError> {
+        let block_hash = block.hash();
+        let execution = match self.executions.remove(&block_hash) {
+            Some(execution) => execution,
+            None => self.shared.read_ledger().validate(&block)?,
+        };
+        let committed = CommittedBlock {
+            version: CommittedBlock::VERSION,
+            block,
+            certificate,
+        };
+        let (old_epoch, next_set) = {
+            let mut ledger = self.shared.write_ledger();
+            let old_epoch = ledger.validator_set().epoch;
+            ledger.commit(&committed, execution)?;
+            (old_epoch, ledger.validator_set().clone())
+        };
+        self.executions.clear();
+        self.shared.set_height(height);
+        let tx_hashes = committed.block.tx_hashes();
+        {
+            let mut mempool = self.shared.mempool();
+            mempool.remove(&tx_hashes);
+            self.shared.metrics.mempool_size.set(mempool.len() as i64);
+        }
+        self.shared.metrics.commits.inc();
+        self.shared
+            .metrics
+            .transactions
+            .inc_by(tx_hashes.len() as u64);
+        tracing::info!(height, txs = tx_hashes.len(), hash = %block_hash, "committed");
+
+        if next_set.epoch != old_epoch {
+            epochs::record(
+                &mut self.shared.write_ledger(),
+                next_set.epoch,
+                height,
+                &next_set,
+            )?;
+            self.shared
+                .network
+                .set_allowed(self.shared.allowed_keys(&next_set))
+                .await?;
+            self.dial_validators().await;
+            tracing::info!(
+                epoch = next_set.epoch,
+                validators = next_set.len(),
+                "epoch change"
+            );
+        }
+
+        let now = Instant::now();
+        let follower = next_set.index_of(&self.key.public()).is_none();
+        self.pending_start = Some(PendingStart {
+            earliest: now + self.min_interval,
+            // A follower (observer) never proposes: no reason to wait.
+            latest: if follower { now } else { now + self.heartbeat },
+        });
+        Ok(())
+    }
+
+    /// Dials the validators of a new set at their registered addresses (the
+    /// ones configured as persistent peers are redialed anyway).
+    async fn dial_validators(&self) {
+        let validators = match self.shared.read_ledger().validators() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the validator addresses");
+                return;
+            }
+        };
+        for v in validators {
+            if v.key == self.key.public() {
+                continue;
+            }
+            let (Ok(peer), Ok(addr)) = (peer_id_of(&v.key), v.address.parse::<libp2p::Multiaddr>())
+            else {
+                continue;
+            };
+            let addr = addr.with(libp2p::multiaddr::Protocol::P2p(peer));
+            if let Err(e) = self.shared.network.dial(addr).await {
+                tracing::debug!(error = %e, "dialing a validator failed");
+            }
+        }
+    }
+
+    fn record_evidence(&self, evidence: &Evidence) -> Result<(), NodeError> {
+        let bytes = evidence.to_bytes();
+        let id = hash(Domain::Payload, &bytes);
+        let mut key = b"evidence/".to_vec();
+        key.extend_from_slice(&evidence.height().to_be_bytes());
+        key.extend_from_slice(&id.0);
+        self.shared
+            .write_ledger()
+            .store_mut()
+            .put_meta(&key, &bytes)?;
+        tracing::warn!(
+            offender = %evidence.offender(),
+            height = evidence.height(),
+            "equivocation evidence recorded"
+        );
+        Ok(())
+    }
+}

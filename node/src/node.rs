@@ -1,0 +1,501 @@
+//! The node: ledger, mempool, network, consensus driver, block sync and
+//! HTTP API wired together, and their orderly start and stop.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::{Hash, PublicKey, SigningKey, ValidatorSet};
+use keyreg_registry::tx::MAX_TX_BYTES;
+use keyreg_registry::{
+    check_stateless_all, CommittedBlock, Genesis, Ledger, LedgerError, RocksLedgerStore,
+    StoreError, Transaction, TxError,
+};
+use libp2p::Multiaddr;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, DATA_DIR, GENESIS_FILE, KEY_FILE};
+use crate::driver::{self, Driver};
+use crate::epochs;
+use crate::keys::{read_key_file, KeyFileError};
+use crate::mempool::{Mempool, MempoolError, MempoolLimits, PoolTx};
+use crate::metrics::Metrics;
+use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, Topic};
+use crate::{api, sync};
+
+pub type Store = RocksLedgerStore;
+
+const DRIVER_QUEUE: usize = 256;
+const SYNC_HINT_QUEUE: usize = 16;
+/// Transactions gossiped in together are verified as one batch, up to this many.
+const MAX_GOSSIP_TX_BATCH: usize = 64;
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    #[error("{path}: {reason}")]
+    Genesis { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error("consensus: {0}")]
+    Consensus(String),
+    #[error("cannot bind the API on {addr}: {source}")]
+    ApiBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A transaction in the mempool, with its hash and size computed once.
+#[derive(Clone, Debug)]
+pub struct PooledTx {
+    pub tx: Transaction,
+    hash: Hash,
+    size: usize,
+}
+
+impl PoolTx for PooledTx {
+    fn tx_hash(&self) -> Hash {
+        self.hash
+    }
+    fn encoded_len(&self) -> usize {
+        self.size
+    }
+}
+
+/// Why a submitted transaction was not accepted.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("transaction of {0} bytes exceeds the {MAX_TX_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("undecodable transaction: {0}")]
+    Malformed(String),
+    #[error("{0}")]
+    Invalid(TxError),
+    #[error("transaction is already known")]
+    AlreadyKnown,
+    #[error("mempool is full")]
+    Busy,
+    #[error("ledger: {0}")]
+    Internal(String),
+}
+
+impl From<MempoolError> for SubmitError {
+    fn from(e: MempoolError) -> Self {
+        match e {
+            MempoolError::AlreadyKnown => SubmitError::AlreadyKnown,
+            MempoolError::Busy => SubmitError::Busy,
+            MempoolError::TooLarge { size, .. } => SubmitError::TooLarge(size),
+        }
+    }
+}
+
+/// State shared by the driver, the sync tasks and the API.
+pub struct Shared {
+    pub chain_id: String,
+    pub genesis_hash: Hash,
+    pub public_key: PublicKey,
+    pub observer_keys: Vec<PublicKey>,
+    pub metrics: Metrics,
+    pub network: NetworkHandle,
+    ledger: RwLock<Ledger<Store>>,
+    mempool: Mutex<Mempool<PooledTx>>,
+    sync_lag: AtomicU64,
+    height: AtomicU64,
+}
+
+impl Shared {
+    /// Read access to the ledger. A poisoned lock means a writer panicked
+    /// mid-update of in-memory state; the store itself is atomic, so the
+    /// data read stays consistent and serving it is safe.
+    pub fn read_ledger(&self) -> RwLockReadGuard<'_, Ledger<Store>> {
+        self.ledger.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn write_ledger(&self) -> RwLockWriteGuard<'_, Ledger<Store>> {
+        self.ledger.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn mempool(&self) -> MutexGuard<'_, Mempool<PooledTx>> {
+        self.mempool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn mempool_len(&self) -> usize {
+        self.mempool().len()
+    }
+
+    /// Height of the latest committed block (no lock).
+    pub fn height(&self) -> u64 {
+        self.height.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_height(&self, height: u64) {
+        self.height.store(height, Ordering::Relaxed);
+        self.metrics.height.set(height as i64);
+    }
+
+    pub fn sync_lag(&self) -> u64 {
+        self.sync_lag.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_sync_lag(&self, lag: u64) {
+        self.sync_lag.store(lag, Ordering::Relaxed);
+        self.metrics.sync_lag.set(lag as i64);
+    }
+
+    /// Behind the best known peer by more than the block in flight.
+    pub fn is_syncing(&self) -> bool {
+        self.sync_lag() > 1
+    }
+
+    /// Keys allowed on the network under `set`: its validators and the
+    /// configured observers.
+    pub fn allowed_keys(&self, set: &ValidatorSet) -> Vec<PublicKey> {
+        let mut keys: BTreeSet<PublicKey> = set.validators().iter().map(|v| v.key).collect();
+        keys.extend(self.observer_keys.iter().copied());
+        keys.into_iter().collect()
+    }
+
+    /// Decodes and statelessly checks a batch of transactions (signatures
+    /// batch-verified together), then admits the valid ones to the mempool.
+    /// One verdict per input, in order.
+    pub fn submit_batch(&self, raw: &[&[u8]]) -> Vec<Result<Hash, SubmitError>> {
+        let mut verdicts: Vec<Result<Hash, SubmitError>> = Vec::with_capacity(raw.len());
+        let mut decoded = Vec::new();
+        for bytes in raw {
+            match self.decode_and_precheck(bytes) {
+                Ok(tx) => {
+                    verdicts.push(Ok(tx.hash));
+                    decoded.push((verdicts.len() - 1, tx));
+                }
+                Err(e) => verdicts.push(Err(e)),
+            }
+        }
+        let txs: Vec<Transaction> = decoded.iter().map(|(_, p)| p.tx.clone()).collect();
+        let checks = check_stateless_all(&self.chain_id, &txs);
+        let mut mempool = self.mempool();
+        for ((slot, tx), check) in decoded.into_iter().zip(checks) {
+            verdicts[slot] = match check {
+                Err(e) => Err(SubmitError::Invalid(e)),
+                Ok(()) => mempool.insert(tx).map_err(SubmitError::from),
+            };
+        }
+        self.metrics.mempool_size.set(mempool.len() as i64);
+        verdicts
+    }
+
+    fn decode_and_precheck(&self, bytes: &[u8]) -> Result<PooledTx, SubmitError> {
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(SubmitError::TooLarge(bytes.len()));
+        }
+        let tx =
+            Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
+        let pooled = PooledTx {
+            hash: tx.hash(),
+            size: bytes.len(),
+            tx,
+        };
+        self.mempool().precheck(&pooled)?;
+        let committed = self
+            .read_ledger()
+            .tx_location(&pooled.hash)
+            .map_err(|e| SubmitError::Internal(e.to_string()))?;
+        if committed.is_some() {
+            return Err(SubmitError::AlreadyKnown);
+        }
+        Ok(pooled)
+    }
+
+    pub fn is_pending(&self, hash: &Hash) -> bool {
+        self.mempool().contains(hash)
+    }
+}
+
+/// What the driver is told by the other tasks.
+pub enum DriverInput {
+    /// A gossiped consensus message (undecoded, size-checked).
+    Consensus(Vec<u8>),
+    /// Committed blocks fetched by sync, in height order. `done` receives
+    /// the ledger height after applying them, or why one was rejected.
+    Synced {
+        blocks: Vec<CommittedBlock>,
+        done: oneshot::Sender<Result<u64, String>>,
+    },
+}
+
+/// A started node. Dropping it leaves its tasks running until the runtime
+/// ends; [`RunningNode::stop`] shuts it down in order.
+pub struct RunningNode {
+    pub shared: Arc<Shared>,
+    pub api_addr: SocketAddr,
+    pub p2p_addrs: Vec<Multiaddr>,
+    shutdown: watch::Sender<bool>,
+    driver: JoinHandle<Result<(), NodeError>>,
+    tasks: Vec<JoinHandle<()>>,
+    network_task: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// This node's dialable address (first listen address plus `/p2p/<id>`).
+    pub fn p2p_dial_addr(&self) -> Option<Multiaddr> {
+        self.p2p_addrs.first().map(|a| {
+            a.clone().with(libp2p::multiaddr::Protocol::P2p(
+                self.shared.network.local_peer_id(),
+            ))
+        })
+    }
+
+    /// Resolves when the driver stops on its own (a fatal error).
+    pub async fn wait_driver(&mut self) -> Result<(), NodeError> {
+        match (&mut self.driver).await {
+            Ok(result) => result,
+            Err(e) => Err(NodeError::Consensus(format!("driver task failed: {e}"))),
+        }
+    }
+
+    /// Stops every task, the network last, and waits for them, so the
+    /// RocksDB handle is released when this returns.
+    pub async fn stop(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        let driver_result = match self.driver.await {
+            Ok(r) => r,
+            Err(e) => Err(NodeError::Consensus(format!("driver task failed: {e}"))),
+        };
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.shared.network.shutdown().await;
+        let _ = self.network_task.await;
+        driver_result
+    }
+}
+
+fn load_genesis(home: &Path) -> Result<Genesis, NodeError> {
+    let path = home.join(GENESIS_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| NodeError::Genesis {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    Genesis::from_json(&text).map_err(|e| NodeError::Genesis {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Opens the ledger under `<home>/data` and starts every task.
+pub async fn start(home: &Path, config: Config) -> Result<RunningNode, NodeError> {
+    let key = read_key_file(&home.join(KEY_FILE))?;
+    let genesis = load_genesis(home)?;
+    let store = Store::open(&home.join(DATA_DIR))?;
+    let ledger = Ledger::open(store, &genesis)?;
+    start_with(key, ledger, config).await
+}
+
+async fn start_with(
+    key: SigningKey,
+    mut ledger: Ledger<Store>,
+    config: Config,
+) -> Result<RunningNode, NodeError> {
+    let metrics = Metrics::new();
+    epochs::repair(&mut ledger)?;
+    let chain_id = ledger.chain_id().to_string();
+    let set = ledger.validator_set().clone();
+    let mut allowed: BTreeSet<PublicKey> = set.validators().iter().map(|v| v.key).collect();
+    allowed.extend(config.p2p.observer_keys.iter().copied());
+    let listen: Multiaddr =
+        config
+            .p2p
+            .listen
+            .parse()
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                key: "p2p.listen",
+                reason: format!("{e}"),
+            })?;
+    let persistent_peers = config
+        .p2p
+        .persistent_peers
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let net = network::start(
+        &key,
+        NetworkConfig {
+            chain_id: chain_id.clone(),
+            listen: vec![listen],
+            persistent_peers,
+            allowed_keys: allowed.into_iter().collect(),
+            duplicate_window: driver::DUPLICATE_WINDOW,
+        },
+    )
+    .await?;
+    let height = ledger.height();
+    let shared = Arc::new(Shared {
+        chain_id,
+        genesis_hash: ledger.genesis_hash(),
+        public_key: key.public(),
+        observer_keys: config.p2p.observer_keys.clone(),
+        metrics,
+        network: net.handle.clone(),
+        ledger: RwLock::new(ledger),
+        mempool: Mutex::new(Mempool::new(MempoolLimits {
+            max_txs: config.mempool.max_txs,
+            max_bytes: config.mempool.max_bytes,
+            max_tx_bytes: MAX_TX_BYTES,
+        })),
+        sync_lag: AtomicU64::new(0),
+        height: AtomicU64::new(0),
+    });
+    shared.set_height(height);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
+    let (hints_tx, hints_rx) = mpsc::channel(SYNC_HINT_QUEUE);
+
+    let driver = Driver::new(shared.clone(), key, &config.consensus, hints_tx)?;
+    let driver = tokio::spawn(driver.run(driver_rx, shutdown_rx.clone()));
+
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .map_err(|source| NodeError::ApiBind {
+            addr: config.api.listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| NodeError::ApiBind {
+        addr: config.api.listen,
+        source,
+    })?;
+    let router = api::router(shared.clone());
+    let mut api_shutdown = shutdown_rx.clone();
+    let api_task = tokio::spawn(async move {
+        let stop = async move {
+            let _ = api_shutdown.changed().await;
+        };
+        if let Err(e) = api::serve(listener, router, stop).await {
+            tracing::error!(error = %e, "API server failed");
+        }
+    });
+    let events_task = tokio::spawn(route_network_events(
+        shared.clone(),
+        net.events,
+        driver_tx.clone(),
+        shutdown_rx.clone(),
+    ));
+    let sync_task = tokio::spawn(sync::run(
+        shared.clone(),
+        net.handle.clone(),
+        driver_tx,
+        hints_rx,
+        shutdown_rx,
+    ));
+    tracing::info!(
+        peer_id = %net.handle.local_peer_id(),
+        p2p = ?net.handle.listen_addrs(),
+        api = %api_addr,
+        height,
+        "node started"
+    );
+    Ok(RunningNode {
+        p2p_addrs: net.handle.listen_addrs().to_vec(),
+        shared,
+        api_addr,
+        shutdown,
+        driver,
+        tasks: vec![api_task, events_task, sync_task],
+        network_task: net.task,
+    })
+}
+
+/// Dispatches network events: consensus gossip to the driver, transaction
+/// gossip to the mempool (in batches), sync requests to the sync server.
+async fn route_network_events(
+    shared: Arc<Shared>,
+    mut events: mpsc::Receiver<NetworkEvent>,
+    driver: mpsc::Sender<DriverInput>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tx_batch: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        };
+        let mut next = Some(event);
+        // Drain what is already queued so gossiped transactions are
+        // verified as one batch.
+        while let Some(event) = next.take() {
+            match event {
+                NetworkEvent::Gossip {
+                    topic: Topic::Consensus,
+                    data,
+                    ..
+                } => {
+                    if driver.send(DriverInput::Consensus(data)).await.is_err() {
+                        return;
+                    }
+                }
+                NetworkEvent::Gossip {
+                    topic: Topic::Transactions,
+                    data,
+                    ..
+                } => tx_batch.push(data),
+                NetworkEvent::InboundRequest { id, data, .. } => {
+                    // Served off this loop; at most the network's bound on
+                    // unanswered requests run at once.
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let network = shared.network.clone();
+                        match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await
+                        {
+                            // A failed respond means the network is stopping.
+                            Ok(reply) => {
+                                let _ = network.respond(id, reply).await;
+                            }
+                            Err(e) => tracing::error!(error = %e, "sync server task failed"),
+                        }
+                    });
+                }
+                NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => {
+                    shared
+                        .metrics
+                        .peers
+                        .set(shared.network.connected_peers() as i64);
+                }
+            }
+            if tx_batch.len() < MAX_GOSSIP_TX_BATCH {
+                next = events.try_recv().ok();
+            }
+        }
+        if !tx_batch.is_empty() {
+            let raw: Vec<&[u8]> = tx_batch.iter().map(Vec::as_slice).collect();
+            for verdict in shared.submit_batch(&raw) {
+                if let Err(e) = verdict {
+                    tracing::trace!(error = %e, "gossiped transaction not admitted");
+                }
+            }
+            tx_batch.clear();
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

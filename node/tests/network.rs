@@ -1,0 +1,200 @@
+//! Three allowed swarms on loopback exchange gossip and a sync
+//! request-response; a fourth swarm whose key is not allowed gets neither a
+//! connection nor a message.
+
+use std::time::Duration;
+
+use keyreg_consensus::SigningKey;
+use keyreg_node::network::{
+    self, Network, NetworkConfig, NetworkEvent, NetworkHandle, Topic, MAX_GOSSIP_PAYLOAD,
+};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::time::{timeout_at, Instant};
+
+const CHAIN: &str = "net-test";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn key(n: u8) -> SigningKey {
+    SigningKey::from_seed([n; 32])
+}
+
+async fn start(n: u8, allowed: &[SigningKey], persistent: Vec<Multiaddr>) -> Network {
+    network::start(
+        &key(n),
+        NetworkConfig {
+            chain_id: CHAIN.into(),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            persistent_peers: persistent,
+            allowed_keys: allowed.iter().map(SigningKey::public).collect(),
+            duplicate_window: Duration::from_secs(60),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn dial_addr(handle: &NetworkHandle) -> Multiaddr {
+    handle.listen_addrs()[0]
+        .clone()
+        .with(Protocol::P2p(handle.local_peer_id()))
+}
+
+/// Polls until `check` holds, failing the test at the deadline.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Next gossip event on `net`, skipping connection events.
+async fn next_gossip(net: &mut Network) -> (Topic, PeerId, Vec<u8>) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match timeout_at(deadline, net.events.recv()).await {
+            Ok(Some(NetworkEvent::Gossip {
+                topic,
+                source,
+                data,
+            })) => return (topic, source, data),
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("network stopped"),
+            Err(_) => panic!("no gossip before the deadline"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_peers_gossip_and_sync_outsider_is_refused() {
+    let validators: Vec<SigningKey> = (1..=3).map(key).collect();
+    let mut a = start(1, &validators, vec![]).await;
+    let a_addr = dial_addr(&a.handle);
+    // b and c keep a persistent connection to a; c also dials b.
+    let mut b = start(2, &validators, vec![a_addr.clone()]).await;
+    let mut c = start(3, &validators, vec![a_addr.clone(), dial_addr(&b.handle)]).await;
+    assert_eq!(
+        a.handle.local_peer_id(),
+        network::peer_id_of(&key(1).public()).unwrap(),
+        "the libp2p identity is the validator key"
+    );
+
+    // The outsider allows everyone, but nobody allows it.
+    let mut everyone = validators.clone();
+    everyone.push(key(4));
+    let mut outsider = start(4, &everyone, vec![a_addr.clone()]).await;
+    outsider.handle.dial(dial_addr(&b.handle)).await.unwrap();
+
+    for (name, handle) in [("a", &a.handle), ("b", &b.handle), ("c", &c.handle)] {
+        eventually(
+            &format!("{name} sees both others subscribed"),
+            move || async move {
+                let s = handle.status().await.unwrap();
+                s.topic_peers.get("consensus") == Some(&2) && s.connected.len() == 2
+            },
+        )
+        .await;
+    }
+
+    // Gossip from a reaches b and c, with a as the source.
+    a.handle
+        .publish(Topic::Consensus, b"vote-1".to_vec())
+        .await
+        .unwrap();
+    for net in [&mut b, &mut c] {
+        let (topic, source, data) = next_gossip(net).await;
+        assert_eq!(
+            (topic, source, data.as_slice()),
+            (Topic::Consensus, a.handle.local_peer_id(), &b"vote-1"[..])
+        );
+    }
+    // Re-publishing identical content is deduplicated; new content is not.
+    assert!(a
+        .handle
+        .publish(Topic::Consensus, b"vote-1".to_vec())
+        .await
+        .is_err());
+    c.handle
+        .publish(Topic::Transactions, b"tx-1".to_vec())
+        .await
+        .unwrap();
+    let (topic, source, data) = next_gossip(&mut a).await;
+    assert_eq!(
+        (topic, source, data.as_slice()),
+        (Topic::Transactions, c.handle.local_peer_id(), &b"tx-1"[..])
+    );
+    // Oversize payloads never leave the node.
+    assert!(a
+        .handle
+        .publish(Topic::Consensus, vec![0; MAX_GOSSIP_PAYLOAD + 1])
+        .await
+        .is_err());
+
+    // Request-response: b asks c; c answers from its event loop.
+    let c_handle = c.handle.clone();
+    let c_peer = c_handle.local_peer_id();
+    let responder = tokio::spawn(async move {
+        loop {
+            match c.events.recv().await {
+                Some(NetworkEvent::InboundRequest { id, data, .. }) => {
+                    let mut reply = b"echo:".to_vec();
+                    reply.extend_from_slice(&data);
+                    c_handle.respond(id, reply).await.unwrap();
+                    return c;
+                }
+                Some(_) => continue,
+                None => panic!("network stopped"),
+            }
+        }
+    });
+    let response = b
+        .handle
+        .request(c_peer, b"blocks 1..5".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(response, b"echo:blocks 1..5");
+    let c = responder.await.unwrap();
+
+    // The outsider never got any of the messages above. (It may see a
+    // connection for an instant: the remote completes the Noise handshake
+    // to learn who is knocking, then drops it.)
+    while let Ok(event) = outsider.events.try_recv() {
+        assert!(
+            matches!(
+                event,
+                NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_)
+            ),
+            "outsider received {event:?}"
+        );
+    }
+    assert!(outsider
+        .handle
+        .request(a.handle.local_peer_id(), b"x".to_vec())
+        .await
+        .is_err());
+    for net in [&a, &b, &c] {
+        let status = net.handle.status().await.unwrap();
+        assert!(!status.connected.contains(&outsider.handle.local_peer_id()));
+    }
+
+    // Removing c from a's allow-list closes their connection.
+    a.handle
+        .set_allowed(validators[..2].iter().map(SigningKey::public).collect())
+        .await
+        .unwrap();
+    let (a_handle, c_peer) = (&a.handle, c.handle.local_peer_id());
+    eventually("a drops c", move || async move {
+        !a_handle.status().await.unwrap().connected.contains(&c_peer)
+    })
+    .await;
+
+    for net in [a, b, c, outsider] {
+        net.handle.shutdown().await;
+        net.task.await.unwrap();
+    }
+}

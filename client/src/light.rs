@@ -34,7 +34,7 @@ use keyreg_consensus::certificate::{verify_commit, CertificateError, CommitCerti
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{Hash, PublicKey};
 use keyreg_consensus::validators::ValidatorSet;
-use keyreg_registry::block::{tx_root, CommittedBlock, Header};
+use keyreg_registry::block::{tx_root, Block, CommittedBlock, Header};
 use keyreg_registry::genesis::{Genesis, GenesisError};
 use keyreg_registry::lookup::{verify_device_proof, DeviceProof, ProofCheckError};
 use keyreg_registry::names::DeviceName;
@@ -806,6 +806,14 @@ impl LightClient {
     ) -> Result<VerifiedBlock, AnswerError> {
         if node >= self.nodes.len() {
             return Err(AnswerError::NoSuchNode(node));
+        }
+        // The block's own version byte is outside the certified header hash:
+        // check it, or a node could alter it undetected (found by fuzzing).
+        if block.block.version != Block::VERSION {
+            return Err(AnswerError::Malformed(format!(
+                "block version {}",
+                block.block.version
+            )));
         }
         let header = &block.block.header;
         if header.epoch > self.trusted.epoch {

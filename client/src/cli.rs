@@ -491,7 +491,7 @@ fn register(cli: &Cli, args: &RegisterArgs) -> Result<Output> {
     let mut text = format!(
         "{}: {}",
         device.name,
-        result["status"].as_str().unwrap_or("?")
+        result.get("status").and_then(|s| s.as_str()).unwrap_or("?")
     );
     if let Some(height) = committed {
         // Trust nothing the node said: confirm the effect by a verified look-up.
@@ -634,7 +634,7 @@ fn revoke(cli: &Cli, args: &RevokeArgs) -> Result<Output> {
     let (result, committed) = submit_and_wait(&cli.node_clients(), &tx, &args.wait)?;
     let mut text = format!(
         "{name}: revocation {}",
-        result["status"].as_str().unwrap_or("?")
+        result.get("status").and_then(|s| s.as_str()).unwrap_or("?")
     );
     if let Some(height) = committed {
         let found = confirm_effect(&mut light, &name, height, "the revocation", |r| {
@@ -907,7 +907,7 @@ fn governance(cli: &Cli, command: &Governance) -> Result<Output> {
                 text: format!(
                     "governance proposal {}: {}",
                     tx.hash(),
-                    result["status"].as_str().unwrap_or("?")
+                    result.get("status").and_then(|s| s.as_str()).unwrap_or("?")
                 ),
                 json: result,
             })

@@ -68,7 +68,9 @@ pub fn read_frame(
         Some(d) if d < started => d,
         _ => started,
     };
-    read_full(stream, &mut prefix[first..], frame_deadline)?;
+    // `read` never reports more bytes than the buffer it filled.
+    let rest = prefix.get_mut(first..).unwrap_or_default();
+    read_full(stream, rest, frame_deadline)?;
     let len = usize::from(u16::from_be_bytes(prefix));
     if len == 0 {
         return Err(FrameError::Empty);
@@ -81,15 +83,16 @@ pub fn read_frame(
 
 /// Fills `buf` completely before `deadline`, or fails.
 fn read_full(stream: &TcpStream, buf: &mut [u8], deadline: Instant) -> Result<(), FrameError> {
-    let mut filled = 0;
+    let mut rest = buf;
     // Each pass reads at least one byte or fails, so this ends after at most
     // `buf.len()` passes.
-    while filled < buf.len() {
-        let n = read_some(stream, &mut buf[filled..], Some(deadline))?;
+    while !rest.is_empty() {
+        let n = read_some(stream, rest, Some(deadline))?;
         if n == 0 {
             return Err(FrameError::Truncated);
         }
-        filled += n;
+        // `read` never reports more bytes than the buffer it filled.
+        rest = std::mem::take(&mut rest).get_mut(n..).unwrap_or_default();
     }
     Ok(())
 }

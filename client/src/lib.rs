@@ -12,6 +12,18 @@
 //!   and root recomputed) and proven device histories.
 //! * [`cli`]: the `keyreg` command line.
 
+// No panic reachable from network, API or file input: outside tests, these
+// are errors; the few internal invariants that keep one say why, in place.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod audit;
 pub mod cli;
 pub mod framing;

@@ -34,7 +34,7 @@ use keyreg_consensus::certificate::{verify_commit, CertificateError, CommitCerti
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{Hash, PublicKey};
 use keyreg_consensus::validators::ValidatorSet;
-use keyreg_registry::block::{tx_root, CommittedBlock, Header};
+use keyreg_registry::block::{tx_root, Block, CommittedBlock, Header};
 use keyreg_registry::genesis::{Genesis, GenesisError};
 use keyreg_registry::lookup::{verify_device_proof, DeviceProof, ProofCheckError};
 use keyreg_registry::names::DeviceName;
@@ -420,6 +420,16 @@ impl LightClient {
         self.highest.as_ref().map_or(0, |(h, _)| h.header.height)
     }
 
+    fn node(&self, index: usize) -> Result<&NodeClient, AnswerError> {
+        self.nodes.get(index).ok_or(AnswerError::NoSuchNode(index))
+    }
+
+    fn node_url(&self, index: usize) -> String {
+        self.nodes
+            .get(index)
+            .map_or_else(String::new, |n| n.url().to_string())
+    }
+
     /// Looks `name` up and verifies the answer (see the module docs).
     pub fn lookup(&mut self, name: &DeviceName) -> Result<VerifiedLookup, LightError> {
         if self.nodes.is_empty() {
@@ -442,7 +452,7 @@ impl LightClient {
                 }
                 Err(AnswerError::Fork(evidence)) => return Err(LightError::Fork(evidence)),
                 Err(error) => failures.push(NodeFailure {
-                    node: self.nodes[i].url().to_string(),
+                    node: self.node_url(i),
                     error,
                 }),
             }
@@ -457,7 +467,7 @@ impl LightClient {
     }
 
     fn lookup_at(&mut self, node: usize, name: &DeviceName) -> Result<VerifiedLookup, AnswerError> {
-        let proof = self.nodes[node].device_proof(name)?;
+        let proof = self.node(node)?.device_proof(name)?;
         if proof.name != *name {
             return Err(AnswerError::WrongName {
                 requested: name.clone(),
@@ -465,7 +475,7 @@ impl LightClient {
             });
         }
         self.reach_epoch(node, proof.header.epoch)?;
-        let source = self.nodes[node].url().to_string();
+        let source = self.node(node)?.url().to_string();
         let lookup = self.verify_proof(proof, &source, self.config.max_header_age)?;
         if let Some((highest, _)) = &self.highest {
             if lookup.header.height < highest.header.height {
@@ -577,7 +587,7 @@ impl LightClient {
             epoch: next,
             reason,
         };
-        let answer = self.nodes[node].epoch(next)?;
+        let answer = self.node(node)?.epoch(next)?;
         if answer.epoch != next || answer.validator_set.epoch != next {
             return Err(fail(format!(
                 "answered epoch {} with a set of epoch {}",
@@ -592,7 +602,7 @@ impl LightClient {
             .handover
             .ok_or_else(|| fail("no handover block".into()))?;
         let header = &handover.block.header;
-        let source = self.nodes[node].url().to_string();
+        let source = self.node(node)?.url().to_string();
         // Certified by the outgoing (trusted) set: chain, epoch, set hash, signatures.
         let certified = CertifiedHeader::new(header.clone(), handover.certificate.clone());
         self.verify_certified(&certified)?;
@@ -767,7 +777,7 @@ impl LightClient {
                 Ok(block) => return Ok(block),
                 Err(AnswerError::Fork(evidence)) => return Err(LightError::Fork(evidence)),
                 Err(error) => failures.push(NodeFailure {
-                    node: self.nodes[i].url().to_string(),
+                    node: self.node_url(i),
                     error,
                 }),
             }
@@ -776,7 +786,7 @@ impl LightClient {
     }
 
     fn block_at(&mut self, node: usize, height: u64) -> Result<VerifiedBlock, AnswerError> {
-        let block = self.nodes[node].block(height)?;
+        let block = self.node(node)?.block(height)?;
         if block.block.header.height != height {
             return Err(AnswerError::WrongHeight {
                 expected: height,
@@ -797,6 +807,14 @@ impl LightClient {
         if node >= self.nodes.len() {
             return Err(AnswerError::NoSuchNode(node));
         }
+        // The block's own version byte is outside the certified header hash:
+        // check it, or a node could alter it undetected (found by fuzzing).
+        if block.block.version != Block::VERSION {
+            return Err(AnswerError::Malformed(format!(
+                "block version {}",
+                block.block.version
+            )));
+        }
         let header = &block.block.header;
         if header.epoch > self.trusted.epoch {
             self.reach_epoch(node, header.epoch)?;
@@ -810,7 +828,7 @@ impl LightClient {
                 computed,
             });
         }
-        let source = self.nodes[node].url().to_string();
+        let source = self.node(node)?.url().to_string();
         self.check_fork(&certified, &source)?;
         self.remember_header(certified, &source);
         Ok(VerifiedBlock {

@@ -167,53 +167,30 @@ impl NodeClient {
     }
 
     pub fn status(&self) -> Result<NodeStatus, NodeError> {
-        self.get("/v1/status", MAX_SMALL_RESPONSE)
+        parse_status(&self.get("/v1/status", MAX_SMALL_RESPONSE)?)
     }
 
     /// The node's proof for `name` (membership, or non-membership when the
     /// name is unknown), decoded but not verified.
     pub fn device_proof(&self, name: &DeviceName) -> Result<DeviceProof, NodeError> {
-        let answer: DeviceAnswer = self.get(&format!("/v1/devices/{name}"), MAX_SMALL_RESPONSE)?;
-        decode_hex("device proof", &answer.proof)
+        parse_device_answer(&self.get(&format!("/v1/devices/{name}"), MAX_SMALL_RESPONSE)?)
     }
 
     pub fn epoch(&self, epoch: u64) -> Result<EpochAnswer, NodeError> {
-        let answer: EpochJson = self.get(&format!("/v1/epochs/{epoch}"), MAX_SMALL_RESPONSE)?;
-        Ok(EpochAnswer {
-            epoch: answer.epoch,
-            validator_set: decode_hex("validator set", &answer.validator_set)?,
-            handover: answer
-                .handover
-                .map(|h| decode_hex("handover block", &h))
-                .transpose()?,
-        })
+        parse_epoch_answer(&self.get(&format!("/v1/epochs/{epoch}"), MAX_SMALL_RESPONSE)?)
     }
 
     pub fn block(&self, height: u64) -> Result<CommittedBlock, NodeError> {
-        let answer: BlockJson = self.get(&format!("/v1/blocks/{height}"), MAX_SMALL_RESPONSE)?;
-        decode_hex("block", &answer.block)
+        parse_block_answer(&self.get(&format!("/v1/blocks/{height}"), MAX_SMALL_RESPONSE)?)
     }
 
     pub fn blocks(&self, from: u64, limit: u32) -> Result<BlockPage, NodeError> {
         let limit = limit.clamp(1, MAX_BLOCKS_PER_PAGE);
-        let page: BlockPageJson = self.get(
+        let body = self.get(
             &format!("/v1/blocks?from={from}&limit={limit}"),
             MAX_BLOCKS_RESPONSE,
         )?;
-        if page.blocks.len() > limit as usize {
-            return Err(NodeError::Malformed(format!(
-                "{} blocks in a page of at most {limit}",
-                page.blocks.len()
-            )));
-        }
-        Ok(BlockPage {
-            blocks: page
-                .blocks
-                .iter()
-                .map(|b| decode_hex("block", b))
-                .collect::<Result<_, _>>()?,
-            next: page.next,
-        })
+        parse_block_page(&body, limit)
     }
 
     /// Submits a transaction. `Ok` also when the node already knew it (409):
@@ -227,15 +204,7 @@ impl NodeClient {
         let request = self.agent.post(&format!("{}/v1/transactions", self.base));
         match request.send_json(&body) {
             Ok(response) => {
-                let answer: SubmitAnswer = read_json(response, MAX_SMALL_RESPONSE)?;
-                let hash = Hash::from_hex(&answer.hash)
-                    .map_err(|e| NodeError::Malformed(format!("transaction hash: {e}")))?;
-                if hash != expected {
-                    return Err(NodeError::Malformed(format!(
-                        "node names transaction {hash}, its hash is {expected}"
-                    )));
-                }
-                Ok(hash)
+                parse_submit_answer(&read_body(response, MAX_SMALL_RESPONSE)?, &expected)
             }
             Err(ureq::Error::Status(409, response)) => {
                 let err = api_error(409, response);
@@ -250,38 +219,99 @@ impl NodeClient {
 
     /// A transaction's status; `None` when the node does not know it.
     pub fn tx_status(&self, hash: &Hash) -> Result<Option<TxStatus>, NodeError> {
-        match self.get::<TxStatus>(&format!("/v1/transactions/{hash}"), MAX_SMALL_RESPONSE) {
-            Ok(status) => Ok(Some(status)),
+        match self.get(&format!("/v1/transactions/{hash}"), MAX_SMALL_RESPONSE) {
+            Ok(body) => parse_tx_status(&body).map(Some),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn get<T: DeserializeOwned>(&self, path: &str, limit: u64) -> Result<T, NodeError> {
+    /// The body of a successful GET, read up to `limit` bytes.
+    fn get(&self, path: &str, limit: u64) -> Result<Vec<u8>, NodeError> {
         let response = self
             .agent
             .get(&format!("{}{path}", self.base))
             .call()
             .map_err(map_ureq)?;
-        read_json(response, limit)
+        read_body(response, limit)
     }
 }
 
-fn read_json<T: DeserializeOwned>(response: ureq::Response, limit: u64) -> Result<T, NodeError> {
-    let mut body = Vec::new();
-    response
-        .into_reader()
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| NodeError::Transport(e.to_string()))?;
-    if body.len() as u64 > limit {
-        return Err(NodeError::TooLarge(limit));
-    }
-    serde_json::from_slice(&body).map_err(|e| NodeError::Malformed(e.to_string()))
+// The answers' decoders work on bodies already read (and bounded), apart
+// from the HTTP transport, so that they can be tested and fuzzed alone.
+
+/// Decodes a `GET /v1/status` body.
+pub fn parse_status(body: &[u8]) -> Result<NodeStatus, NodeError> {
+    parse_json(body)
 }
 
-fn api_error(status: u16, response: ureq::Response) -> NodeError {
-    match read_json::<ErrorBody>(response, MAX_SMALL_RESPONSE) {
+/// Decodes a `GET /v1/devices/{org}/{name}` body into its (unverified) proof.
+pub fn parse_device_answer(body: &[u8]) -> Result<DeviceProof, NodeError> {
+    let answer: DeviceAnswer = parse_json(body)?;
+    decode_hex("device proof", &answer.proof)
+}
+
+/// Decodes a `GET /v1/epochs/{e}` body (unverified).
+pub fn parse_epoch_answer(body: &[u8]) -> Result<EpochAnswer, NodeError> {
+    let answer: EpochJson = parse_json(body)?;
+    Ok(EpochAnswer {
+        epoch: answer.epoch,
+        validator_set: decode_hex("validator set", &answer.validator_set)?,
+        handover: answer
+            .handover
+            .map(|h| decode_hex("handover block", &h))
+            .transpose()?,
+    })
+}
+
+/// Decodes a `GET /v1/blocks/{height}` body (unverified).
+pub fn parse_block_answer(body: &[u8]) -> Result<CommittedBlock, NodeError> {
+    let answer: BlockJson = parse_json(body)?;
+    decode_hex("block", &answer.block)
+}
+
+/// Decodes a `GET /v1/blocks?from=H&limit=N` body, refusing more than `limit`
+/// blocks.
+pub fn parse_block_page(body: &[u8], limit: u32) -> Result<BlockPage, NodeError> {
+    let page: BlockPageJson = parse_json(body)?;
+    if page.blocks.len() > limit as usize {
+        return Err(NodeError::Malformed(format!(
+            "{} blocks in a page of at most {limit}",
+            page.blocks.len()
+        )));
+    }
+    Ok(BlockPage {
+        blocks: page
+            .blocks
+            .iter()
+            .map(|b| decode_hex("block", b))
+            .collect::<Result<_, _>>()?,
+        next: page.next,
+    })
+}
+
+/// Decodes a `POST /v1/transactions` answer and checks that it names
+/// `expected`, the hash we computed.
+pub fn parse_submit_answer(body: &[u8], expected: &Hash) -> Result<Hash, NodeError> {
+    let answer: SubmitAnswer = parse_json(body)?;
+    let hash = Hash::from_hex(&answer.hash)
+        .map_err(|e| NodeError::Malformed(format!("transaction hash: {e}")))?;
+    if hash != *expected {
+        return Err(NodeError::Malformed(format!(
+            "node names transaction {hash}, its hash is {expected}"
+        )));
+    }
+    Ok(hash)
+}
+
+/// Decodes a `GET /v1/transactions/{hash}` body.
+pub fn parse_tx_status(body: &[u8]) -> Result<TxStatus, NodeError> {
+    parse_json(body)
+}
+
+/// The error a 4xx/5xx answer with `body` stands for (printable, bounded).
+pub fn parse_api_error(status: u16, body: &[u8]) -> NodeError {
+    match parse_json::<ErrorBody>(body) {
         Ok(body) => NodeError::Api {
             status,
             code: printable(&body.error.code),
@@ -292,6 +322,30 @@ fn api_error(status: u16, response: ureq::Response) -> NodeError {
             code: "unknown".into(),
             message: "no error body".into(),
         },
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, NodeError> {
+    serde_json::from_slice(body).map_err(|e| NodeError::Malformed(e.to_string()))
+}
+
+fn read_body(response: ureq::Response, limit: u64) -> Result<Vec<u8>, NodeError> {
+    let mut body = Vec::new();
+    response
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| NodeError::Transport(e.to_string()))?;
+    if body.len() as u64 > limit {
+        return Err(NodeError::TooLarge(limit));
+    }
+    Ok(body)
+}
+
+fn api_error(status: u16, response: ureq::Response) -> NodeError {
+    match read_body(response, MAX_SMALL_RESPONSE) {
+        Ok(body) => parse_api_error(status, &body),
+        Err(_) => parse_api_error(status, &[]),
     }
 }
 

@@ -405,10 +405,14 @@ impl SessionSender {
             });
         }
         // An empty message is one empty Data frame.
-        let frames = message.len().div_ceil(MAX_CHUNK_LEN).max(1);
-        for i in 0..frames {
-            let start = i * MAX_CHUNK_LEN;
-            let chunk = &message[start..message.len().min(start + MAX_CHUNK_LEN)];
+        let empty: &[u8] = &[];
+        let chunks: Vec<&[u8]> = if message.is_empty() {
+            vec![empty]
+        } else {
+            message.chunks(MAX_CHUNK_LEN).collect()
+        };
+        let frames = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
             let kind = if i + 1 == frames {
                 FrameKind::Data
             } else {
@@ -491,7 +495,7 @@ impl SessionSender {
         self.plaintext.push(kind as u8);
         self.plaintext.extend_from_slice(body);
         let len = lock(&self.transport)?.write_message(&self.plaintext, &mut self.ciphertext)?;
-        write_frame(&self.stream, &self.ciphertext[..len])?;
+        write_frame(&self.stream, written(&self.ciphertext, len)?)?;
         Ok(())
     }
 }
@@ -591,6 +595,17 @@ impl SessionReceiver {
     }
 }
 
+/// The first `len` bytes of `buf`, which Noise reported writing into it
+/// (never more than the buffer: a longer length is a Noise library fault).
+fn written(buf: &[u8], len: usize) -> Result<&[u8], SessionError> {
+    buf.get(..len).ok_or_else(|| {
+        SessionError::Noise(format!(
+            "reported {len} bytes in a {}-byte buffer",
+            buf.len()
+        ))
+    })
+}
+
 /// Decrypts one transport frame and splits off its kind byte.
 fn decrypt_frame<'a>(
     transport: &SharedTransport,
@@ -598,7 +613,7 @@ fn decrypt_frame<'a>(
     plaintext: &'a mut [u8],
 ) -> Result<(FrameKind, &'a [u8]), SessionError> {
     let len = lock(transport)?.read_message(frame, plaintext)?;
-    let (&kind_byte, body) = plaintext[..len]
+    let (&kind_byte, body) = written(plaintext, len)?
         .split_first()
         .ok_or_else(|| SessionError::Protocol("frame without a kind byte".into()))?;
     let kind = FrameKind::from_byte(kind_byte)
@@ -807,15 +822,15 @@ fn handshake(
         Role::Initiator(expected) => {
             // -> e
             let len = noise.write_message(&[], &mut message)?;
-            io.write(&message[..len])?;
+            io.write(written(&message, len)?)?;
             // <- e, ee, s, es, Hello(responder)
             let len = noise.read_message(io.read()?, &mut payload)?;
-            let peer = check_peer(&noise, &payload[..len], Some(expected), verifier)
+            let peer = check_peer(&noise, written(&payload, len)?, Some(expected), verifier)
                 .map_err(SessionError::Refused)?;
             // -> s, se, Hello(initiator): only now that the responder is verified.
             let hello = local.hello(verifier.newest_header())?;
             let len = noise.write_message(&hello, &mut message)?;
-            io.write(&message[..len])?;
+            io.write(written(&message, len)?)?;
             peer
         }
         Role::Responder => {
@@ -829,10 +844,10 @@ fn handshake(
             // <- e, ee, s, es, Hello(responder)
             let hello = local.hello(verifier.newest_header())?;
             let len = noise.write_message(&hello, &mut message)?;
-            io.write(&message[..len])?;
+            io.write(written(&message, len)?)?;
             // -> s, se, Hello(initiator)
             let len = noise.read_message(io.read()?, &mut payload)?;
-            let verdict = check_peer(&noise, &payload[..len], None, verifier);
+            let verdict = check_peer(&noise, written(&payload, len)?, None, verifier);
             let handshake_hash = handshake_hash(&noise)?;
             let transport = Arc::new(Mutex::new(noise.into_transport_mode()?));
             let mut sender = SessionSender::new(clone(&stream)?, transport.clone(), config);

@@ -128,7 +128,10 @@ impl CommitCertificate {
         let mut signatures = Vec::with_capacity(votes.len());
         for (i, sig) in votes {
             assert!(i < set.len(), "precommit from index {i} outside the set");
-            signers[i / 8] |= 1 << (i % 8);
+            // In range: the bitmap has a bit for every index of the set.
+            if let Some(byte) = signers.get_mut(i / 8) {
+                *byte |= 1 << (i % 8);
+            }
             signatures.push(sig);
         }
         CommitCertificate {
@@ -211,20 +214,17 @@ pub fn verify_commit(
         });
     }
     let indexes = cert.signer_indexes();
-    if let Some(&beyond) = indexes.iter().find(|&&i| i >= set.len()) {
-        return Err(CertificateError::BitmapOverflow(beyond));
-    }
+    let signers = indexes
+        .iter()
+        .map(|&i| set.get(i).ok_or(CertificateError::BitmapOverflow(i)))
+        .collect::<Result<Vec<_>, _>>()?;
     if indexes.len() != cert.signatures.len() {
         return Err(CertificateError::SignatureCount {
             signers: indexes.len(),
             signatures: cert.signatures.len(),
         });
     }
-    let mut power = 0u64;
-    for &i in &indexes {
-        // In range: checked above.
-        power += set.validators()[i].power;
-    }
+    let power: u64 = signers.iter().map(|v| v.power).sum();
     if !set.is_quorum(power) {
         return Err(CertificateError::NoQuorum {
             power,
@@ -233,8 +233,8 @@ pub fn verify_commit(
     }
     let msg = cert.vote_data(chain_id).sign_bytes();
     let mut batch = BatchVerifier::with_capacity(indexes.len());
-    for (&i, sig) in indexes.iter().zip(&cert.signatures) {
-        batch.queue(set.validators()[i].key, Domain::Vote, &msg, *sig);
+    for (validator, sig) in signers.iter().zip(&cert.signatures) {
+        batch.queue(validator.key, Domain::Vote, &msg, *sig);
     }
     match batch.verify() {
         Ok(()) => Ok(VerifiedCommit {
@@ -244,7 +244,10 @@ pub fn verify_commit(
             power,
         }),
         Err(CryptoError::BatchFailed(bad)) => Err(CertificateError::BadSignature(
-            bad.into_iter().map(|k| indexes[k]).collect(),
+            // The batch names positions of what was queued: one per signer.
+            bad.into_iter()
+                .filter_map(|k| indexes.get(k).copied())
+                .collect(),
         )),
         Err(e) => Err(CertificateError::Crypto(e)),
     }

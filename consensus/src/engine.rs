@@ -842,7 +842,13 @@ impl<V: Payload> Engine<V> {
                 return;
             }
         }
-        panic!("consensus rules fired {MAX_RULE_FIRINGS_PER_EVENT} times for one event");
+        // Every firing moves the step, round, lock or decision forward, so
+        // the rules settle after a handful of firings whatever the input;
+        // reaching the bound is a bug in the rules, never hostile input.
+        #[allow(clippy::panic)]
+        {
+            panic!("consensus rules fired {MAX_RULE_FIRINGS_PER_EVENT} times for one event");
+        }
     }
 
     /// L49: a proposal's value and +2/3 precommits for it, in any round.
@@ -850,11 +856,17 @@ impl<V: Payload> Engine<V> {
         let mut found = None;
         for (&round, messages) in &self.rounds {
             if let Some(Some(hash)) = self.quorum_value(&messages.precommits) {
-                found = Some((round, hash));
+                let signatures: Vec<_> = messages
+                    .precommits
+                    .iter()
+                    .filter(|((_, block), _)| *block == Some(hash))
+                    .map(|(&(i, _), v)| (i, v.signature))
+                    .collect();
+                found = Some((round, hash, signatures));
                 break;
             }
         }
-        let Some((round, hash)) = found else {
+        let Some((round, hash, signatures)) = found else {
             return false;
         };
         let Some(value) = self.value_with_hash(&hash) else {
@@ -867,12 +879,6 @@ impl<V: Payload> Engine<V> {
             }
             return false;
         };
-        let signatures = self.rounds[&round]
-            .precommits
-            .iter()
-            .filter(|((_, block), _)| *block == Some(hash))
-            .map(|(&(i, _), v)| (i, v.signature))
-            .collect();
         let certificate =
             CommitCertificate::from_precommits(&self.set, self.height, round, hash, signatures);
         self.decide(value, certificate);

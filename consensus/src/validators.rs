@@ -80,7 +80,7 @@ impl ValidatorSet {
                 return Err(ValidatorSetError::Duplicate(v.key));
             }
         }
-        if !self.validators.windows(2).all(|w| w[0].key < w[1].key) {
+        if !self.validators.is_sorted_by(|a, b| a.key < b.key) {
             return Err(ValidatorSetError::Unsorted);
         }
         Ok(())

@@ -121,8 +121,9 @@ fn subtree_root(leaves: &[Hash]) -> Hash {
         [] => hash(Domain::TransactionRoot, &[]),
         [one] => leaf_hash(one),
         _ => {
-            let k = split_point(leaves.len());
-            node_hash(&subtree_root(&leaves[..k]), &subtree_root(&leaves[k..]))
+            // 0 < k < len: split_point(n) is a power of two below n.
+            let (left, right) = leaves.split_at(split_point(leaves.len()));
+            node_hash(&subtree_root(left), &subtree_root(right))
         }
     }
 }
@@ -152,12 +153,14 @@ impl TxInclusionProof {
         let mut path = Vec::new();
         while leaves.len() > 1 {
             let k = split_point(leaves.len());
+            // 0 < k < len: split_point(n) is a power of two below n.
+            let (left, right) = leaves.split_at(k);
             if i < k {
-                path.push(subtree_root(&leaves[k..]));
-                leaves = &leaves[..k];
+                path.push(subtree_root(right));
+                leaves = left;
             } else {
-                path.push(subtree_root(&leaves[..k]));
-                leaves = &leaves[k..];
+                path.push(subtree_root(left));
+                leaves = right;
                 i -= k;
             }
         }

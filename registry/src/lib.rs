@@ -10,6 +10,18 @@
 //! (read, apply, prove) on [`tree`].
 //! [`lookup`] holds what clients verify. See `docs/registry.md`.
 
+// No panic reachable from network, API or file input: outside tests, these
+// are errors; the few internal invariants that keep one say why, in place.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod block;
 pub mod execute;
 pub mod export;
@@ -20,6 +32,8 @@ pub mod names;
 pub mod records;
 pub mod state;
 pub mod store;
+// Deterministic keys and chains for tests and simulations: never fed by input.
+#[allow(clippy::expect_used)]
 pub mod testkit;
 pub mod tree;
 pub mod tree_state;

@@ -353,7 +353,7 @@ pub fn check_admin_list(admins: &[PublicKey]) -> Result<(), TxError> {
         ));
     }
     check_len(SizeLimit::Admins, admins.len(), MAX_ADMINS)?;
-    if !admins.windows(2).all(|w| w[0] < w[1]) {
+    if !admins.is_sorted_by(|a, b| a < b) {
         return Err(TxError::Malformed(
             "admin keys must be sorted and distinct".into(),
         ));
@@ -367,7 +367,7 @@ pub fn check_validator_list(validators: &[ValidatorInfo]) -> Result<(), TxError>
     for v in validators {
         check_len(SizeLimit::Address, v.address.len(), MAX_ADDRESS_LEN)?;
     }
-    if !validators.windows(2).all(|w| w[0].key < w[1].key) {
+    if !validators.is_sorted_by(|a, b| a.key < b.key) {
         return Err(TxError::InvalidValidatorSet(
             "validators must be sorted by key and distinct".into(),
         ));
@@ -414,7 +414,11 @@ impl Transaction {
             .signatures
             .binary_search_by(|s| s.signer.cmp(&entry.signer))
         {
-            Ok(i) => self.signatures[i] = entry,
+            Ok(i) => {
+                if let Some(existing) = self.signatures.get_mut(i) {
+                    *existing = entry;
+                }
+            }
             Err(i) => self.signatures.insert(i, entry),
         }
     }
@@ -471,8 +475,7 @@ impl Transaction {
         )?;
         if !self
             .signatures
-            .windows(2)
-            .all(|w| w[0].signer < w[1].signer)
+            .is_sorted_by(|a, b| a.signer < b.signer)
         {
             return Err(TxError::Malformed(
                 "signatures must be sorted by signer and distinct".into(),
@@ -594,8 +597,8 @@ pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<()
     let mut batch = BatchVerifier::new();
     // For each queued signature: (transaction index, which signature).
     let mut owners: Vec<(usize, SignatureRef)> = Vec::new();
-    for (i, tx) in txs.iter().enumerate() {
-        if results[i].is_ok() {
+    for (i, (tx, result)) in txs.iter().zip(&results).enumerate() {
+        if result.is_ok() {
             let mut refs = Vec::new();
             tx.queue_signatures(&mut batch, &mut refs);
             owners.extend(refs.into_iter().map(|r| (i, r)));
@@ -607,8 +610,8 @@ pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<()
             for k in bad {
                 if let Some(&(i, which)) = owners.get(k) {
                     // Keep the first bad signature of each transaction.
-                    if results[i].is_ok() {
-                        results[i] = Err(TxError::BadSignature { which });
+                    if let Some(result @ Ok(())) = results.get_mut(i) {
+                        *result = Err(TxError::BadSignature { which });
                     }
                 }
             }

@@ -62,7 +62,7 @@ pub(super) fn apply<R: NodeReader + ?Sized>(
         }
     }
     for (index, pair) in updates.windows(2).enumerate() {
-        if pair[0].0 >= pair[1].0 {
+        if matches!(pair, [a, b] if a.0 >= b.0) {
             return Err(TreeError::UnsortedUpdates { index: index + 1 });
         }
     }
@@ -116,6 +116,14 @@ fn new_leaves(updates: &[Update]) -> LeafSet {
         .collect()
 }
 
+/// The child slot of `nibble` among a node's 16.
+// Provably in bounds: the assert keeps the index below the array's length.
+#[allow(clippy::indexing_slicing)]
+fn slot(children: &mut [Pending; 16], nibble: u8) -> &mut Pending {
+    assert!(nibble < 16, "nibble {nibble} out of range");
+    &mut children[usize::from(nibble)]
+}
+
 /// Splits `items` (sorted by key) into runs sharing the key nibble at `depth`.
 fn runs_by_nibble<'a, T>(
     items: &'a [T],
@@ -126,8 +134,9 @@ fn runs_by_nibble<'a, T>(
     std::iter::from_fn(move || {
         let first = items.get(start)?;
         let nibble = nibble_at(key(first), depth);
-        let len = items[start..]
+        let len = items
             .iter()
+            .skip(start)
             .take_while(|item| nibble_at(key(item), depth) == nibble)
             .count();
         let range = start..start + len;
@@ -201,10 +210,11 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                 self.mark_stale(node_key);
                 let mut children: [Pending; 16] = Default::default();
                 for (nibble, child) in internal.children() {
-                    children[usize::from(nibble)] = kept(path.child(nibble), child);
+                    *slot(&mut children, nibble) = kept(path.child(nibble), child);
                 }
                 for (nibble, range) in runs_by_nibble(updates, path.len(), |(k, _)| k) {
-                    let run = &updates[range];
+                    // The runs partition `updates`: every range is in bounds.
+                    let run = updates.get(range).unwrap_or_default();
                     let child_path = path.child(nibble);
                     let result = match internal.child(nibble) {
                         None => self.build(child_path, new_leaves(run))?,
@@ -217,7 +227,7 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                             self.update(child_key, child_node, Some(child.hash), run)?
                         }
                     };
-                    children[usize::from(nibble)] = result;
+                    *slot(&mut children, nibble) = result;
                 }
                 self.assemble(path, children)
             }
@@ -237,7 +247,7 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
         let mut children: [Pending; 16] = Default::default();
         for (nibble, range) in runs.into_iter().rev() {
             let group = leaves.split_off(range.start);
-            children[usize::from(nibble)] = self.build(path.child(nibble), group)?;
+            *slot(&mut children, nibble) = self.build(path.child(nibble), group)?;
         }
         self.assemble(path, children)
     }

@@ -43,14 +43,16 @@ fn hash_pair(prefix: &[u8; 17], first: &Hash, second: &Hash) -> Hash {
 /// Bit `index` of `key` (0 = most significant bit of the first byte).
 pub fn key_bit(key: &Hash, index: usize) -> bool {
     assert!(index < 256, "bit index {index} out of range");
-    key.0[index / 8] & (0x80 >> (index % 8)) != 0
+    key.0
+        .get(index / 8)
+        .is_some_and(|byte| byte & (0x80 >> (index % 8)) != 0)
 }
 
 /// Whether `a` and `b` agree on their first `bits` bits.
 pub fn share_prefix(a: &Hash, b: &Hash, bits: usize) -> bool {
     assert!(bits <= 256, "prefix of {bits} bits is too long");
     let whole = bits / 8;
-    if a.0[..whole] != b.0[..whole] {
+    if a.0.get(..whole) != b.0.get(..whole) {
         return false;
     }
     let rest = bits % 8;
@@ -58,7 +60,7 @@ pub fn share_prefix(a: &Hash, b: &Hash, bits: usize) -> bool {
         return true;
     }
     let mask = !(0xffu8 >> rest);
-    a.0[whole] & mask == b.0[whole] & mask
+    a.0.get(whole).map(|x| x & mask) == b.0.get(whole).map(|x| x & mask)
 }
 
 #[cfg(test)]

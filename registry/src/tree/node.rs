@@ -59,7 +59,7 @@ pub fn nibble_at(key: &Hash, index: usize) -> u8 {
 
 fn nibble_of(bytes: &[u8; 32], index: usize) -> u8 {
     assert!(index < KEY_NIBBLES, "nibble index {index} out of range");
-    let byte = bytes[index / 2];
+    let byte = bytes.get(index / 2).copied().unwrap_or_default();
     if index.is_multiple_of(2) {
         byte >> 4
     } else {
@@ -86,9 +86,13 @@ impl NibblePath {
     pub fn prefix_of(key: &Hash, len: usize) -> Self {
         assert!(len <= KEY_NIBBLES, "prefix of {len} nibbles is too long");
         let mut bytes = [0u8; 32];
-        bytes[..len / 2].copy_from_slice(&key.0[..len / 2]);
+        for (to, from) in bytes.iter_mut().zip(key.0).take(len.div_ceil(2)) {
+            *to = from;
+        }
         if len % 2 == 1 {
-            bytes[len / 2] = key.0[len / 2] & 0xf0;
+            if let Some(last) = bytes.get_mut(len / 2) {
+                *last &= 0xf0;
+            }
         }
         NibblePath {
             len: len as u8,
@@ -116,17 +120,23 @@ impl NibblePath {
         assert!(nibble < 16, "nibble {nibble} out of range");
         let mut out = *self;
         let i = self.len();
-        if i.is_multiple_of(2) {
-            out.bytes[i / 2] = nibble << 4;
-        } else {
-            out.bytes[i / 2] |= nibble;
+        // In range: i < KEY_NIBBLES, so i / 2 < 32.
+        if let Some(byte) = out.bytes.get_mut(i / 2) {
+            if i.is_multiple_of(2) {
+                *byte = nibble << 4;
+            } else {
+                *byte |= nibble;
+            }
         }
         out.len += 1;
         out
     }
 
     fn packed(&self) -> &[u8] {
-        &self.bytes[..self.len().div_ceil(2)]
+        // len <= KEY_NIBBLES, so at most all 32 bytes.
+        self.bytes
+            .get(..self.len().div_ceil(2))
+            .unwrap_or(&self.bytes)
     }
 }
 
@@ -197,9 +207,12 @@ impl NodeKey {
                 found: bytes.len(),
             });
         }
+        // `packed` is at most 32 bytes: len <= KEY_NIBBLES was checked.
         let mut path_bytes = [0u8; 32];
-        path_bytes[..packed.len()].copy_from_slice(packed);
-        if len % 2 == 1 && path_bytes[len / 2] & 0x0f != 0 {
+        for (to, from) in path_bytes.iter_mut().zip(packed) {
+            *to = *from;
+        }
+        if len % 2 == 1 && path_bytes.get(len / 2).is_some_and(|b| b & 0x0f != 0) {
             return Err(NodeCodecError::PathPadding);
         }
         Ok(NodeKey {

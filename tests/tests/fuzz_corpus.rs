@@ -1,0 +1,69 @@
+//! Runs the checked-in fuzz corpus through the fuzz targets' functions on
+//! stable Rust, so CI replays every seed and every input the fuzzer found
+//! interesting (crashes included, once fixed) without a nightly toolchain.
+
+use std::path::{Path, PathBuf};
+
+use keyreg_tests::fuzz::TARGETS;
+
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target)
+}
+
+#[test]
+fn every_corpus_file_runs_through_its_target() {
+    let mut total = 0;
+    for (target, run) in TARGETS {
+        let dir = corpus_dir(target);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+            .map(|entry| entry.expect("readable corpus entry").path())
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "target {target} has no corpus");
+        for file in &files {
+            let data = std::fs::read(file).expect("readable corpus file");
+            run(&data);
+        }
+        total += files.len();
+    }
+    assert!(total >= TARGETS.len());
+}
+
+#[test]
+fn the_corpus_holds_every_current_seed() {
+    // A seed that no longer matches the code (an encoding changed) would
+    // silently stop reaching the deep checks: regenerate with `fuzz-seeds`.
+    for seed in keyreg_tests::seeds::all() {
+        let path = corpus_dir(seed.target).join(format!("seed-{}", seed.name));
+        let stored = std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run the fuzz-seeds binary)", path.display()));
+        assert!(
+            stored == seed.bytes,
+            "{} is stale: run `cargo run --release -p keyreg-tests --bin fuzz-seeds`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn seeds_reach_the_deep_checks() {
+    use keyreg_consensus::codec::Canonical;
+    use keyreg_registry::{verify_device_proof, DeviceProof, Transaction};
+    use keyreg_tests::fixture::{fixture, CHAIN};
+    let f = fixture();
+    for seed in keyreg_tests::seeds::all() {
+        match seed.target {
+            "transaction" => {
+                Transaction::from_wire(&seed.bytes, CHAIN).expect("seed transactions are valid");
+            }
+            "device_proof" => {
+                let proof = DeviceProof::from_bytes(&seed.bytes).expect("seed proofs decode");
+                verify_device_proof(CHAIN, &f.set, &proof).expect("seed proofs verify");
+            }
+            _ => {}
+        }
+    }
+}

@@ -473,10 +473,7 @@ impl Transaction {
             self.signatures.len(),
             MAX_TX_SIGNATURES,
         )?;
-        if !self
-            .signatures
-            .is_sorted_by(|a, b| a.signer < b.signer)
-        {
+        if !self.signatures.is_sorted_by(|a, b| a.signer < b.signer) {
             return Err(TxError::Malformed(
                 "signatures must be sorted by signer and distinct".into(),
             ));

@@ -74,7 +74,11 @@ impl Replay {
                 genesis_hash: cp.genesis_hash,
             });
         }
-        if let Some(index) = cp.leaves.windows(2).position(|w| w[0].0 >= w[1].0) {
+        if let Some(index) = cp
+            .leaves
+            .windows(2)
+            .position(|w| matches!(w, [a, b] if a.0 >= b.0))
+        {
             return Err(CheckpointError::UnsortedLeaves { index: index + 1 });
         }
         let height = cp.header.height;
@@ -403,6 +407,6 @@ pub(crate) fn state_leaves<R: NodeReader + ?Sized>(
             }
         }
     }
-    debug_assert!(leaves.windows(2).all(|w| w[0].0 < w[1].0));
+    debug_assert!(leaves.windows(2).all(|w| matches!(w, [a, b] if a.0 < b.0)));
     Ok(leaves)
 }

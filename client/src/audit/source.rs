@@ -293,6 +293,12 @@ impl BlockSource for MemSource {
                 head: self.info.head.height,
             });
         }
-        Ok(self.blocks[start..end].to_vec())
+        self.blocks
+            .get(start..end)
+            .map(<[Vec<u8>]>::to_vec)
+            .ok_or(SourceError::Ended {
+                height: from,
+                head: self.info.head.height,
+            })
     }
 }

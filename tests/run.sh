@@ -19,7 +19,7 @@ cargo test --release --workspace --doc 2>&1 | tee -a "$log"
 fault_passed=0 fault_failed=0
 if [ "${KEYREG_SKIP_FAULT_TEST:-0}" = 1 ]; then
   echo "fault-test: SKIPPED (KEYREG_SKIP_FAULT_TEST=1)"
-elif testnet/fault-test.sh 2>&1 | tee -a "$log" | grep -v '^\(Creating\|Removing\|Stopping\|Starting\) '; then
+elif testnet/fault-test.sh 2>&1 | tee -a "$log" | grep --line-buffered -v '^\(Creating\|Removing\|Stopping\|Starting\) '; then
   grep -q '^fault-test: PASSED' "$log" && fault_passed=1
 else
   fault_failed=1

@@ -61,6 +61,10 @@ const MAX_PENDING_REQUESTS: usize = 256;
 const MAX_PENDING_RESPONSES: usize = 256;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
+/// How often each connection is pinged, and how long an answer may take
+/// before the connection is closed as dead.
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+const PING_TIMEOUT: Duration = Duration::from_secs(4);
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
@@ -457,7 +461,11 @@ fn build_behaviour(
             format!("/keyreg/{chain_id}/1"),
             keypair.public(),
         )),
-        ping: ping::Behaviour::new(ping::Config::new()),
+        ping: ping::Behaviour::new(
+            ping::Config::new()
+                .with_interval(PING_INTERVAL)
+                .with_timeout(PING_TIMEOUT),
+        ),
     })
 }
 
@@ -813,6 +821,17 @@ impl SwarmTask {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossip(event)) => self.on_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.on_sync(event),
+            // A connection whose peer stopped answering (a partition, a peer
+            // that moved address) would otherwise look alive until TCP gives
+            // up, minutes later, and block the redial of a persistent peer.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            })) => {
+                tracing::info!(%peer, %error, "ping failed; closing the connection to redial");
+                self.swarm.close_connection(connection);
+            }
             _ => {}
         }
     }

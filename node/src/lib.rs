@@ -19,3 +19,4 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod sync;
+pub mod tx_gossip;

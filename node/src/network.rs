@@ -158,8 +158,9 @@ pub struct NetworkConfig {
 pub enum NetworkEvent {
     Gossip {
         topic: Topic,
-        /// The signed author of the message (not the forwarding peer).
-        source: PeerId,
+        /// The peer that forwarded it (gossip is anonymous: see
+        /// [`build_behaviour`]).
+        from: PeerId,
         data: Vec<u8>,
     },
     InboundRequest {
@@ -426,14 +427,19 @@ fn build_behaviour(
     let gossip_config = gossipsub::ConfigBuilder::default()
         .max_transmit_size(MAX_GOSSIP_FRAME)
         .duplicate_cache_time(config.duplicate_window)
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .message_id_fn(content_message_id)
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| NetworkError::Transport(format!("gossipsub config: {e}")))?;
-    let gossip =
-        gossipsub::Behaviour::new(MessageAuthenticity::Signed(keypair.clone()), gossip_config)
-            .map_err(|e| NetworkError::Transport(format!("gossipsub: {e}")))?;
+    // Anonymous gossip: no author, sequence number or libp2p signature per
+    // message. Every payload carries its own signatures (transactions, votes,
+    // proposals), which receivers verify anyway, and only allowed peers can
+    // connect (Noise-authenticated); a per-message signature would cost one
+    // signing and a verification per copy received for nothing. Content
+    // message ids deduplicate.
+    let gossip = gossipsub::Behaviour::new(MessageAuthenticity::Anonymous, gossip_config)
+        .map_err(|e| NetworkError::Transport(format!("gossipsub: {e}")))?;
 
     let sync_protocol = StreamProtocol::try_from_owned(format!("/keyreg/{chain_id}/sync/1"))
         .map_err(|e| NetworkError::Transport(format!("sync protocol name: {e}")))?;
@@ -837,23 +843,24 @@ impl SwarmTask {
     }
 
     fn on_gossip(&mut self, event: gossipsub::Event) {
-        let gossipsub::Event::Message { message, .. } = event else {
+        let gossipsub::Event::Message {
+            propagation_source: from,
+            message,
+            ..
+        } = event
+        else {
             return;
         };
         let Some(&topic) = self.topics.get(&message.topic) else {
             return;
         };
-        // Strict validation guarantees a signed source; be explicit anyway.
-        let Some(source) = message.source else {
-            return;
-        };
         if message.data.len() > MAX_GOSSIP_PAYLOAD {
-            tracing::debug!(%source, len = message.data.len(), "oversize gossip dropped");
+            tracing::debug!(%from, len = message.data.len(), "oversize gossip dropped");
             return;
         }
         self.emit(NetworkEvent::Gossip {
             topic,
-            source,
+            from,
             data: message.data,
         });
     }

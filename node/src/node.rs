@@ -27,14 +27,12 @@ use crate::keys::{read_key_file, KeyFileError};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits, PoolTx};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, Topic};
-use crate::{api, sync};
+use crate::{api, sync, tx_gossip};
 
 pub type Store = RocksLedgerStore;
 
 const DRIVER_QUEUE: usize = 256;
 const SYNC_HINT_QUEUE: usize = 16;
-/// Transactions gossiped in together are verified as one batch, up to this many.
-const MAX_GOSSIP_TX_BATCH: usize = 64;
 
 #[derive(Debug, Error)]
 pub enum NodeError {
@@ -115,6 +113,8 @@ pub struct Shared {
     mempool: Mutex<Mempool<PooledTx>>,
     sync_lag: AtomicU64,
     height: AtomicU64,
+    /// Admitted transactions waiting to be gossiped ([`tx_gossip`]).
+    tx_outbox: mpsc::Sender<Vec<u8>>,
 }
 
 impl Shared {
@@ -217,6 +217,15 @@ impl Shared {
             return Err(SubmitError::AlreadyKnown);
         }
         Ok(pooled)
+    }
+
+    /// Queues an admitted transaction's bytes for gossip. A full queue
+    /// skips the gossip: the transaction waits in this node's mempool and
+    /// goes into its own next proposal.
+    pub fn gossip_transaction(&self, bytes: Vec<u8>) {
+        if self.tx_outbox.try_send(bytes).is_err() {
+            tracing::debug!("gossip queue full: transaction kept for this node's proposal");
+        }
     }
 
     pub fn is_pending(&self, hash: &Hash) -> bool {
@@ -342,6 +351,7 @@ async fn start_with(
     )
     .await?;
     let height = ledger.height();
+    let (tx_outbox, tx_outbox_rx) = mpsc::channel(tx_gossip::QUEUE);
     let shared = Arc::new(Shared {
         chain_id,
         genesis_hash: ledger.genesis_hash(),
@@ -357,6 +367,7 @@ async fn start_with(
         })),
         sync_lag: AtomicU64::new(0),
         height: AtomicU64::new(0),
+        tx_outbox,
     });
     shared.set_height(height);
 
@@ -387,10 +398,22 @@ async fn start_with(
             tracing::error!(error = %e, "API server failed");
         }
     });
+    let (tx_inbox, tx_inbox_rx) = mpsc::channel(tx_gossip::QUEUE);
     let events_task = tokio::spawn(route_network_events(
         shared.clone(),
         net.events,
         driver_tx.clone(),
+        tx_inbox,
+        shutdown_rx.clone(),
+    ));
+    let gossip_out_task = tokio::spawn(tx_gossip::publish_batches(
+        net.handle.clone(),
+        tx_outbox_rx,
+        shutdown_rx.clone(),
+    ));
+    let gossip_in_task = tokio::spawn(tx_gossip::admit_batches(
+        shared.clone(),
+        tx_inbox_rx,
         shutdown_rx.clone(),
     ));
     let sync_task = tokio::spawn(sync::run(
@@ -413,20 +436,26 @@ async fn start_with(
         api_addr,
         shutdown,
         driver,
-        tasks: vec![api_task, events_task, sync_task],
+        tasks: vec![
+            api_task,
+            events_task,
+            sync_task,
+            gossip_out_task,
+            gossip_in_task,
+        ],
         network_task: net.task,
     })
 }
 
 /// Dispatches network events: consensus gossip to the driver, transaction
-/// gossip to the mempool (in batches), sync requests to the sync server.
+/// batches to their verifier ([`tx_gossip`]), sync requests to the sync server.
 async fn route_network_events(
     shared: Arc<Shared>,
     mut events: mpsc::Receiver<NetworkEvent>,
     driver: mpsc::Sender<DriverInput>,
+    tx_inbox: mpsc::Sender<Vec<u8>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut tx_batch: Vec<Vec<u8>> = Vec::new();
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -435,60 +464,47 @@ async fn route_network_events(
             },
             _ = shutdown.changed() => return,
         };
-        let mut next = Some(event);
-        // Drain what is already queued so gossiped transactions are
-        // verified as one batch.
-        while let Some(event) = next.take() {
-            match event {
-                NetworkEvent::Gossip {
-                    topic: Topic::Consensus,
-                    data,
-                    ..
-                } => {
-                    if driver.send(DriverInput::Consensus(data)).await.is_err() {
-                        return;
-                    }
+        match event {
+            NetworkEvent::Gossip {
+                topic: Topic::Consensus,
+                data,
+                ..
+            } => {
+                if driver.send(DriverInput::Consensus(data)).await.is_err() {
+                    return;
                 }
-                NetworkEvent::Gossip {
-                    topic: Topic::Transactions,
-                    data,
-                    ..
-                } => tx_batch.push(data),
-                NetworkEvent::InboundRequest { id, data, .. } => {
-                    // Served off this loop; at most the network's bound on
-                    // unanswered requests run at once.
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let network = shared.network.clone();
-                        match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await
-                        {
-                            // A failed respond means the network is stopping.
-                            Ok(reply) => {
-                                let _ = network.respond(id, reply).await;
-                            }
-                            Err(e) => tracing::error!(error = %e, "sync server task failed"),
+            }
+            NetworkEvent::Gossip {
+                topic: Topic::Transactions,
+                data,
+                from,
+            } => {
+                // Full: the origin still proposes them in its own turn.
+                if tx_inbox.try_send(data).is_err() {
+                    tracing::debug!(%from, "transaction batch dropped: verifier busy");
+                }
+            }
+            NetworkEvent::InboundRequest { id, data, .. } => {
+                // Served off this loop; at most the network's bound on
+                // unanswered requests run at once.
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let network = shared.network.clone();
+                    match tokio::task::spawn_blocking(move || sync::serve(&shared, &data)).await {
+                        // A failed respond means the network is stopping.
+                        Ok(reply) => {
+                            let _ = network.respond(id, reply).await;
                         }
-                    });
-                }
-                NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => {
-                    shared
-                        .metrics
-                        .peers
-                        .set(shared.network.connected_peers() as i64);
-                }
+                        Err(e) => tracing::error!(error = %e, "sync server task failed"),
+                    }
+                });
             }
-            if tx_batch.len() < MAX_GOSSIP_TX_BATCH {
-                next = events.try_recv().ok();
+            NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => {
+                shared
+                    .metrics
+                    .peers
+                    .set(shared.network.connected_peers() as i64);
             }
-        }
-        if !tx_batch.is_empty() {
-            let raw: Vec<&[u8]> = tx_batch.iter().map(Vec::as_slice).collect();
-            for verdict in shared.submit_batch(&raw) {
-                if let Err(e) = verdict {
-                    tracing::trace!(error = %e, "gossiped transaction not admitted");
-                }
-            }
-            tx_batch.clear();
         }
     }
 }

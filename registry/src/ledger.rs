@@ -8,7 +8,7 @@ use keyreg_consensus::validators::ValidatorSet;
 use thiserror::Error;
 
 use crate::block::{tx_root, Block, BlockError, CommittedBlock, Header, MAX_BLOCK_BYTES};
-use crate::execute::{execute_block, execute_transactions, BlockExecution};
+use crate::execute::{execute_block_prechecked, execute_transactions, BlockExecution};
 use crate::genesis::{Genesis, GenesisError};
 use crate::lookup::DeviceProof;
 use crate::names::{DeviceName, OrgId};
@@ -16,7 +16,7 @@ use crate::records::{DeviceRecord, GovernanceRecord, OrgRecord, ValidatorInfo};
 use crate::state::{RecordReader, StateError};
 use crate::store::{LedgerStore, StoreError, TxLocation};
 use crate::tree_state::TreeState;
-use crate::tx::{Transaction, TxError};
+use crate::tx::{check_stateless_unless, Transaction, TxError};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
@@ -178,28 +178,34 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(dry_run.results.into_iter().next().unwrap_or(Ok(())))
     }
 
-    /// Executes `txs` as the next block without writing anything.
+    /// Executes `txs` as the next block without writing anything. The
+    /// transactions `already_passed` vouches for skip the stateless checks
+    /// (see [`check_stateless_unless`]); pass `|_| false` to check them all.
     pub fn execute(
         &self,
         txs: &[Transaction],
         timestamp_ms: u64,
+        already_passed: impl Fn(&Transaction) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
-        Ok(execute_block(
+        let stateless = check_stateless_unless(&self.chain_id, txs, already_passed);
+        Ok(execute_block_prechecked(
             &self.store,
-            &self.chain_id,
             txs,
+            stateless,
             self.head.height + 1,
             timestamp_ms,
         )?)
     }
 
     /// Builds the next block from the longest prefix of `txs` that fits the
-    /// block size limit, and its execution.
+    /// block size limit, and its execution (`already_passed` as in
+    /// [`execute`](Self::execute)).
     pub fn propose(
         &self,
         mut txs: Vec<Transaction>,
         timestamp_ms: u64,
         proposer: PublicKey,
+        already_passed: impl Fn(&Transaction) -> bool,
     ) -> Result<(Block, BlockExecution), LedgerError> {
         // Header, version byte and length prefix: well under 1 KiB.
         let mut size = 1024usize;
@@ -211,7 +217,7 @@ impl<S: LedgerStore> Ledger<S> {
             })
             .count();
         txs.truncate(fitting);
-        let execution = self.execute(&txs, timestamp_ms)?;
+        let execution = self.execute(&txs, timestamp_ms, already_passed)?;
         let header = Header {
             version: Header::VERSION,
             chain_id: self.chain_id.clone(),
@@ -235,8 +241,22 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Checks a proposed next block against the head and by executing it.
     pub fn validate(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
+        self.validate_prechecked(block, |_| false)
+    }
+
+    /// [`validate`](Self::validate) for a caller that already ran the
+    /// stateless checks on the transactions `already_passed` vouches for.
+    pub fn validate_prechecked(
+        &self,
+        block: &Block,
+        already_passed: impl Fn(&Transaction) -> bool,
+    ) -> Result<BlockExecution, LedgerError> {
         block.check_against_parent(&self.chain_id, &self.head)?;
-        let execution = self.execute(&block.transactions, block.header.timestamp_ms)?;
+        let execution = self.execute(
+            &block.transactions,
+            block.header.timestamp_ms,
+            already_passed,
+        )?;
         execution.check_header(&block.header)?;
         Ok(execution)
     }

@@ -124,7 +124,7 @@ pub fn commit_next<S: LedgerStore>(
         .map(|v| v.key)
         .expect("validator sets are never empty");
     let timestamp = ledger.head().timestamp_ms + 1000;
-    let (block, execution) = ledger.propose(txs, timestamp, proposer)?;
+    let (block, execution) = ledger.propose(txs, timestamp, proposer, |_| false)?;
     let certificate = certify(ledger.chain_id(), &set, keys, &block);
     let committed = CommittedBlock {
         version: CommittedBlock::VERSION,

@@ -589,17 +589,39 @@ fn verify_batch(batch: BatchVerifier, refs: &[SignatureRef]) -> Result<(), TxErr
 /// their signatures in one batch (the fast path for a whole block). Returns
 /// one result per transaction, identical to checking each alone.
 pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<(), TxError>> {
-    let mut results: Vec<Result<(), TxError>> =
-        txs.iter().map(|tx| tx.check_structure(chain_id)).collect();
+    check_stateless_unless(chain_id, txs, |_| false)
+}
+
+/// [`check_stateless_all`] that takes the transactions `already_passed`
+/// vouches for as passing without checking them again. The stateless checks
+/// depend only on the chain id and the transaction's bytes, so a node's
+/// mempool (which admits only transactions that passed them for this chain)
+/// can vouch for its own transactions and a block's signatures are not
+/// verified twice.
+pub fn check_stateless_unless(
+    chain_id: &str,
+    txs: &[Transaction],
+    already_passed: impl Fn(&Transaction) -> bool,
+) -> Vec<Result<(), TxError>> {
+    let mut results: Vec<Result<(), TxError>> = Vec::with_capacity(txs.len());
     let mut batch = BatchVerifier::new();
     // For each queued signature: (transaction index, which signature).
     let mut owners: Vec<(usize, SignatureRef)> = Vec::new();
-    for (i, (tx, result)) in txs.iter().zip(&results).enumerate() {
-        if result.is_ok() {
+    for (i, tx) in txs.iter().enumerate() {
+        if already_passed(tx) {
+            results.push(Ok(()));
+            continue;
+        }
+        let structure = tx.check_structure(chain_id);
+        if structure.is_ok() {
             let mut refs = Vec::new();
             tx.queue_signatures(&mut batch, &mut refs);
             owners.extend(refs.into_iter().map(|r| (i, r)));
         }
+        results.push(structure);
+    }
+    if owners.is_empty() {
+        return results;
     }
     match batch.verify() {
         Ok(()) => {}
@@ -614,8 +636,10 @@ pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<()
             }
         }
         Err(e) => {
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(TxError::Malformed(e.to_string()));
+            for &(i, _) in &owners {
+                if let Some(r @ Ok(())) = results.get_mut(i) {
+                    *r = Err(TxError::Malformed(e.to_string()));
+                }
             }
         }
     }

@@ -8,9 +8,9 @@ use keyreg_consensus::crypto::{hash, Domain, Hash};
 use keyreg_registry::block::MAX_BLOCK_BYTES;
 use keyreg_registry::testkit::{certify, commit_next, test_key};
 use keyreg_registry::{
-    check_stateless_all, tx_root, verify_device_proof, Authority, BlockError, CommittedBlock,
-    DeviceProof, Genesis, GenesisError, Ledger, LedgerError, MemLedgerStore, ProofCheckError,
-    Transaction, TxBody, TxError, TxInclusionProof,
+    check_stateless_all, check_stateless_unless, tx_root, verify_device_proof, Authority,
+    BlockError, CommittedBlock, DeviceProof, Genesis, GenesisError, Ledger, LedgerError,
+    MemLedgerStore, ProofCheckError, Transaction, TxBody, TxError, TxInclusionProof,
 };
 use proptest::prelude::*;
 
@@ -143,7 +143,7 @@ fn block_checks_against_parent() {
     let tx = register(&env.admin("acme"), "acme/new", &device_key("new"), None);
     let (block, _) = env
         .ledger
-        .propose(vec![tx], parent.timestamp_ms + 1, proposer)
+        .propose(vec![tx], parent.timestamp_ms + 1, proposer, |_| false)
         .unwrap();
     block.check_against_parent(CHAIN, &parent).unwrap();
     env.ledger.validate(&block).unwrap();
@@ -230,7 +230,12 @@ fn oversized_blocks_are_rejected_and_proposals_fit() {
     let proposer = env.ledger.validator_set().get(0).unwrap().key;
     let (block, _) = env
         .ledger
-        .propose(txs.clone(), env.ledger.head().timestamp_ms + 1, proposer)
+        .propose(
+            txs.clone(),
+            env.ledger.head().timestamp_ms + 1,
+            proposer,
+            |_| false,
+        )
         .unwrap();
     assert!(block.to_bytes().len() <= MAX_BLOCK_BYTES);
     let included = block.transactions.len();
@@ -254,7 +259,9 @@ fn commit_rejects_an_insufficient_certificate() {
     let proposer = set.get(0).unwrap().key;
     let (block, execution) = env
         .ledger
-        .propose(vec![], env.ledger.head().timestamp_ms + 1, proposer)
+        .propose(vec![], env.ledger.head().timestamp_ms + 1, proposer, |_| {
+            false
+        })
         .unwrap();
     let certificate = certify(CHAIN, &set, &env.net.validator_keys[..2], &block);
     let committed = CommittedBlock {
@@ -324,6 +331,43 @@ fn batch_stateless_checks_match_single_checks() {
     assert_eq!(batch, single);
     assert_eq!(batch.iter().filter(|r| r.is_ok()).count(), 3);
     assert!(matches!(batch[4], Err(TxError::WrongChain { .. })));
+
+    // Vouched-for transactions are taken as passing; every other one gets
+    // exactly its own verdict, whatever is vouched for around it.
+    let vouched = [txs[0].hash(), txs[1].hash()];
+    let partial = check_stateless_unless(CHAIN, &txs, |tx| vouched.contains(&tx.hash()));
+    assert_eq!(partial[..2], [Ok(()), Ok(())]);
+    assert_eq!(partial[2..], single[2..]);
+}
+
+#[test]
+fn a_block_of_pooled_transactions_is_not_reverified_but_strangers_are() {
+    let env = env();
+    let admin = env.admin("acme");
+    let good = register(&admin, "acme/d1", &device_key("d1"), None);
+    let mut forged = register(&admin, "acme/d2", &device_key("d2"), None);
+    forged.signatures[0].signature.0[0] ^= 1;
+    let proposer = env.ledger.validator_set().validators()[0].key;
+    let (block, _) = env
+        .ledger
+        .propose(
+            vec![good.clone(), forged.clone()],
+            env.ledger.head().timestamp_ms + 1,
+            proposer,
+            |_| false,
+        )
+        .unwrap();
+    // A validator whose mempool holds only `good` still rejects `forged`.
+    let execution = env
+        .ledger
+        .validate_prechecked(&block, |tx| tx.hash() == good.hash())
+        .unwrap();
+    assert_eq!(execution.results[0], Ok(()));
+    assert!(matches!(
+        execution.results[1],
+        Err(TxError::BadSignature { .. })
+    ));
+    assert_eq!(execution, env.ledger.validate(&block).unwrap());
 }
 
 #[test]

@@ -246,6 +246,7 @@ fn build() -> Fixture {
             uncommitted.clone(),
             ledger.head().timestamp_ms + 1000,
             proposer,
+            |_| false,
         )
         .expect("fixture proposal executes");
     assert_eq!(

@@ -8,9 +8,12 @@
 //!   call these, and `tests/tests/fuzz_corpus.rs` runs the checked-in corpus
 //!   (`tests/fuzz/corpus/<target>/`) through the same functions on stable.
 //! * [`seeds`]: real, valid encodings for the corpus.
+//! * [`bench`]: what the benchmark binaries share (a local testnet of node
+//!   processes, `/proc` readings, percentiles).
 //!
 //! The attack catalogue these tests back is `docs/security.md`.
 
+pub mod bench;
 pub mod fixture;
 pub mod fuzz;
 pub mod seeds;

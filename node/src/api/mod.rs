@@ -26,7 +26,6 @@ use tokio::net::TcpListener;
 pub use error::ApiError;
 
 use crate::epochs;
-use crate::network::Topic;
 use crate::node::{Shared, SubmitError};
 
 /// Largest request body accepted (the contract's 1 MiB).
@@ -187,11 +186,7 @@ async fn submit_transaction(
         }
     })
     .await?;
-    if let Err(e) = shared.network.publish(Topic::Transactions, bytes).await {
-        // Alone or not yet connected: the transaction still waits in this
-        // node's mempool and goes into its next proposal.
-        tracing::debug!(error = %e, "transaction not gossiped");
-    }
+    shared.gossip_transaction(bytes);
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"hash": hash.to_hex(), "status": "pending"})),

@@ -10,10 +10,7 @@
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -30,12 +27,13 @@ use keyreg_registry::names::DeviceName;
 use keyreg_registry::records::{DeviceStatus, Metadata};
 use keyreg_registry::tx::{Authority, Transaction};
 use keyreg_registry::{verify_device_proof, DeviceProof};
+use keyreg_tests::bench::{
+    cpu_seconds, default_node_bin, ms, percentile, wait_for_height, LocalTestnet,
+};
 
 /// How often the commit watcher and the revocation poller look (the
 /// granularity of every latency figure).
 const POLL: Duration = Duration::from_millis(20);
-/// Per-request HTTP timeout.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest any phase may wait for its transactions to commit.
 const COMMIT_DEADLINE: Duration = Duration::from_secs(120);
 /// Most iterations of a client-side verification timing loop.
@@ -110,133 +108,13 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// The testnet's node processes; killed when dropped, also on error paths.
-struct Testnet {
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-    nodes: Vec<NodeClient>,
-}
-
-impl Drop for Testnet {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Testnet {
-    fn log_path(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("node{i}.log"))
-    }
-
-    /// The last lines of every node's log, for error reports.
-    fn log_tails(&self) -> String {
-        let mut out = String::new();
-        for i in 0..self.children.len() {
-            let lines: Vec<String> = std::fs::File::open(self.log_path(i))
-                .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
-                .unwrap_or_default();
-            out.push_str(&format!("--- node{i} log (last 15 lines)\n"));
-            for line in &lines[lines.len().saturating_sub(15)..] {
-                out.push_str(line);
-                out.push('\n');
-            }
-        }
-        out
-    }
-}
-
-/// A base port `p` such that `p .. p + count` are all free on loopback now.
-fn free_port_range(count: u16) -> anyhow::Result<u16> {
-    let seed = std::process::id() as usize;
-    for attempt in 0..200usize {
-        // Stride 64 from 20000 stays below 52000.
-        let base = 20_000 + ((seed + attempt * 7919) % 500) as u16 * 64;
-        if (0..count).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return Ok(base);
-        }
-    }
-    bail!("no {count} consecutive free ports found")
-}
-
-/// CPU seconds (user + system) process `pid` has used: fields 14 and 15 of
-/// `/proc/<pid>/stat`, in USER_HZ ticks (100 per second on Linux).
-fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| -> anyhow::Result<f64> {
-        Ok(fields.get(i).context("short stat")?.parse::<f64>()?)
-    };
-    // utime and stime are fields 14 and 15; `after_name` starts at field 3.
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
 /// CPU seconds used so far by the nodes (together) and by this process.
-fn cpu_split(net: &Testnet) -> anyhow::Result<(f64, f64)> {
+fn cpu_split(net: &LocalTestnet) -> anyhow::Result<(f64, f64)> {
     let mut nodes = 0.0;
-    for child in &net.children {
-        nodes += cpu_seconds(&child.id().to_string())?;
+    for pid in net.pids() {
+        nodes += cpu_seconds(&pid.to_string())?;
     }
     Ok((nodes, cpu_seconds("self")?))
-}
-
-fn start_testnet(node_bin: &Path, validators: usize) -> anyhow::Result<Testnet> {
-    let dir = tempfile::tempdir()?;
-    // Fits: validators <= 32, so 2 * validators <= 64 (the stride).
-    let n = validators as u16;
-    let base = free_port_range(2 * n)?;
-    let status = Command::new(node_bin)
-        .args(["testnet", "--validators", &validators.to_string(), "--out"])
-        .arg(dir.path())
-        .args(["--base-port", &base.to_string()])
-        .args(["--api-base-port", &(base + n).to_string()])
-        .stdout(Stdio::null())
-        .status()
-        .with_context(|| format!("running {} testnet", node_bin.display()))?;
-    if !status.success() {
-        bail!("keyreg-node testnet failed: {status}");
-    }
-    let mut net = Testnet {
-        dir,
-        children: Vec::new(),
-        nodes: Vec::new(),
-    };
-    for i in 0..validators {
-        let log = std::fs::File::create(net.log_path(i))?;
-        let child = Command::new(node_bin)
-            .arg("start")
-            .arg("--home")
-            .arg(net.dir.path().join(format!("node{i}")))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting a node")?;
-        net.children.push(child);
-        net.nodes.push(NodeClient::new(
-            &format!("http://127.0.0.1:{}", base + n + i as u16),
-            HTTP_TIMEOUT,
-        ));
-    }
-    Ok(net)
-}
-
-fn wait_for_height(nodes: &[NodeClient], height: u64, within: Duration) -> anyhow::Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < within {
-        let all = nodes
-            .iter()
-            .all(|n| n.status().is_ok_and(|s| s.height >= height));
-        if all {
-            return Ok(());
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-    bail!("the nodes did not all reach height {height} within {within:?}")
 }
 
 /// Pre-signed registrations of `demo/bench-<tag>-<i>`.
@@ -484,19 +362,6 @@ fn verification_bound(seconds: f64, validators: usize) -> (f64, f64) {
     (signatures_per_second, tx_per_second)
 }
 
-/// Percentile `q` (0..=1) of sorted `values` (nearest rank).
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 struct LatencyRun {
     offered: f64,
     committed: usize,
@@ -510,7 +375,7 @@ struct LatencyRun {
 
 /// Commit latencies (submit -> first seen committed) of a paced load.
 fn latency_run(
-    net: &Testnet,
+    net: &LocalTestnet,
     watcher: &CommitWatcher,
     txs: &[Transaction],
     rate: f64,
@@ -640,7 +505,11 @@ fn main() {
     };
     // Before the nodes start, so they do not compete with it.
     let bound = verification_bound(args.bound_seconds, args.validators);
-    let net = match start_testnet(&node_bin, args.validators) {
+    let started = LocalTestnet::generate(&node_bin, args.validators, None).and_then(|mut net| {
+        net.start_all()?;
+        Ok(net)
+    });
+    let net = match started {
         Ok(net) => net,
         Err(e) => {
             eprintln!("net-bench: {e:#}");
@@ -654,24 +523,8 @@ fn main() {
     }
 }
 
-/// `keyreg-node` next to this binary (same target directory).
-fn default_node_bin() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .context("this binary has no directory")?
-        .join("keyreg-node");
-    if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release -p keyreg-node (or pass --node-bin)",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// `bound`: (signatures/s, tx/s) from [`verification_bound`].
-fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
+fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()> {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "net-bench: {} validators on loopback, {cores} cores shared by the nodes and this load generator",
@@ -682,8 +535,8 @@ fn run(args: &Args, net: &Testnet, bound: (f64, f64)) -> anyhow::Result<()> {
         bound.0, bound.1, args.validators
     );
     wait_for_height(&net.nodes, 2, Duration::from_secs(90))?;
-    let anchor = TrustAnchor::from_genesis_file(&net.dir.path().join("genesis.json"))?;
-    let admin = AdminKey::load(&net.dir.path().join("demo-admin.key"))?;
+    let anchor = TrustAnchor::from_genesis_file(&net.dir().join("genesis.json"))?;
+    let admin = AdminKey::load(&net.dir().join("demo-admin.key"))?;
     let chain_id = anchor.chain_id.clone();
     let nodes = &net.nodes;
 

@@ -47,6 +47,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub consensus: ConsensusConfig,
     pub mempool: MempoolConfig,
+    pub storage: StorageConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +88,26 @@ pub struct ConsensusConfig {
 pub struct MempoolConfig {
     pub max_txs: usize,
     pub max_bytes: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// State-tree versions kept for proofs at past heights: those of the
+    /// last this many heights. 0 keeps every version (an archive node).
+    /// Blocks and certificates are always kept, so auditors can replay.
+    pub keep_tree_versions: u64,
+}
+
+/// How often (in heights) a node deletes tree versions it no longer keeps.
+pub const PRUNE_INTERVAL: u64 = 100;
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            keep_tree_versions: 1000,
+        }
+    }
 }
 
 impl Default for P2pConfig {

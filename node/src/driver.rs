@@ -37,7 +37,7 @@ use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transacti
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::ConsensusConfig;
+use crate::config::{ConsensusConfig, PRUNE_INTERVAL};
 use crate::epochs;
 use crate::network::{peer_id_of, Topic, MAX_GOSSIP_PAYLOAD};
 use crate::node::{now_ms, DriverInput, NodeError, Shared};
@@ -104,6 +104,8 @@ pub struct Driver {
     pending_start: Option<PendingStart>,
     min_interval: Duration,
     heartbeat: Duration,
+    /// 0: keep every tree version (see `StorageConfig`).
+    keep_tree_versions: u64,
     sync_hints: mpsc::Sender<u64>,
 }
 
@@ -118,6 +120,7 @@ impl Driver {
         shared: Arc<Shared>,
         key: SigningKey,
         config: &ConsensusConfig,
+        keep_tree_versions: u64,
         sync_hints: mpsc::Sender<u64>,
     ) -> Result<Self, NodeError> {
         let engine = {
@@ -157,6 +160,7 @@ impl Driver {
             pending_start: None,
             min_interval: Duration::from_millis(config.min_block_interval_ms),
             heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
+            keep_tree_versions,
             sync_hints,
         })
     }
@@ -453,6 +457,10 @@ impl Driver {
             let mut mempool = self.shared.mempool();
             mempool.remove(&tx_hashes);
             self.shared.metrics.mempool_size.set(mempool.len() as i64);
+        }
+        if self.keep_tree_versions > 0 && height.is_multiple_of(PRUNE_INTERVAL) {
+            let deleted = self.shared.write_ledger().prune(self.keep_tree_versions)?;
+            tracing::debug!(height, deleted, "pruned old tree versions");
         }
         self.shared.metrics.commits.inc();
         self.shared

@@ -7,6 +7,7 @@
 //! * [`api`]: the HTTP API; [`mempool`], [`metrics`], [`config`], [`keys`].
 //! * [`node`]: wires it all together; [`cli`]: the `keyreg-node` commands.
 
+pub mod admission;
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -19,4 +20,3 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod sync;
-pub mod tx_gossip;

@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::admission::{self, Arrival};
 use crate::config::{Config, DATA_DIR, GENESIS_FILE, KEY_FILE};
 use crate::driver::{self, Driver};
 use crate::epochs;
@@ -27,7 +28,7 @@ use crate::keys::{read_key_file, KeyFileError};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits, PoolTx};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, Topic};
-use crate::{api, sync, tx_gossip};
+use crate::{api, sync};
 
 pub type Store = RocksLedgerStore;
 
@@ -113,7 +114,9 @@ pub struct Shared {
     mempool: Mutex<Mempool<PooledTx>>,
     sync_lag: AtomicU64,
     height: AtomicU64,
-    /// Admitted transactions waiting to be gossiped ([`tx_gossip`]).
+    /// Transactions waiting for admission ([`admission`]).
+    arrivals: mpsc::Sender<Arrival>,
+    /// Admitted transactions waiting to be gossiped ([`admission`]).
     tx_outbox: mpsc::Sender<Vec<u8>>,
 }
 
@@ -219,10 +222,23 @@ impl Shared {
         Ok(pooled)
     }
 
+    /// Submits a transaction's canonical bytes for admission to the mempool
+    /// (checked in a batch with whatever else arrived meanwhile) and, once
+    /// admitted, for gossip.
+    pub async fn submit(&self, bytes: Vec<u8>) -> Result<Hash, SubmitError> {
+        let (reply, verdict) = oneshot::channel();
+        self.arrivals
+            .try_send(Arrival::Submitted { bytes, reply })
+            .map_err(|_| SubmitError::Busy)?;
+        verdict
+            .await
+            .map_err(|_| SubmitError::Internal("the node is stopping".into()))?
+    }
+
     /// Queues an admitted transaction's bytes for gossip. A full queue
     /// skips the gossip: the transaction waits in this node's mempool and
     /// goes into its own next proposal.
-    pub fn gossip_transaction(&self, bytes: Vec<u8>) {
+    pub(crate) fn gossip_transaction(&self, bytes: Vec<u8>) {
         if self.tx_outbox.try_send(bytes).is_err() {
             tracing::debug!("gossip queue full: transaction kept for this node's proposal");
         }
@@ -351,7 +367,8 @@ async fn start_with(
     )
     .await?;
     let height = ledger.height();
-    let (tx_outbox, tx_outbox_rx) = mpsc::channel(tx_gossip::QUEUE);
+    let (tx_outbox, tx_outbox_rx) = mpsc::channel(admission::QUEUE);
+    let (arrivals, arrivals_rx) = mpsc::channel(admission::QUEUE);
     let shared = Arc::new(Shared {
         chain_id,
         genesis_hash: ledger.genesis_hash(),
@@ -367,6 +384,7 @@ async fn start_with(
         })),
         sync_lag: AtomicU64::new(0),
         height: AtomicU64::new(0),
+        arrivals,
         tx_outbox,
     });
     shared.set_height(height);
@@ -375,7 +393,13 @@ async fn start_with(
     let (driver_tx, driver_rx) = mpsc::channel(DRIVER_QUEUE);
     let (hints_tx, hints_rx) = mpsc::channel(SYNC_HINT_QUEUE);
 
-    let driver = Driver::new(shared.clone(), key, &config.consensus, hints_tx)?;
+    let driver = Driver::new(
+        shared.clone(),
+        key,
+        &config.consensus,
+        config.storage.keep_tree_versions,
+        hints_tx,
+    )?;
     let driver = tokio::spawn(driver.run(driver_rx, shutdown_rx.clone()));
 
     let listener = TcpListener::bind(config.api.listen)
@@ -398,22 +422,20 @@ async fn start_with(
             tracing::error!(error = %e, "API server failed");
         }
     });
-    let (tx_inbox, tx_inbox_rx) = mpsc::channel(tx_gossip::QUEUE);
     let events_task = tokio::spawn(route_network_events(
         shared.clone(),
         net.events,
         driver_tx.clone(),
-        tx_inbox,
         shutdown_rx.clone(),
     ));
-    let gossip_out_task = tokio::spawn(tx_gossip::publish_batches(
+    let gossip_task = tokio::spawn(admission::publish_batches(
         net.handle.clone(),
         tx_outbox_rx,
         shutdown_rx.clone(),
     ));
-    let gossip_in_task = tokio::spawn(tx_gossip::admit_batches(
+    let admission_task = tokio::spawn(admission::admit_arrivals(
         shared.clone(),
-        tx_inbox_rx,
+        arrivals_rx,
         shutdown_rx.clone(),
     ));
     let sync_task = tokio::spawn(sync::run(
@@ -440,20 +462,19 @@ async fn start_with(
             api_task,
             events_task,
             sync_task,
-            gossip_out_task,
-            gossip_in_task,
+            gossip_task,
+            admission_task,
         ],
         network_task: net.task,
     })
 }
 
 /// Dispatches network events: consensus gossip to the driver, transaction
-/// batches to their verifier ([`tx_gossip`]), sync requests to the sync server.
+/// batches to admission ([`admission`]), sync requests to the sync server.
 async fn route_network_events(
     shared: Arc<Shared>,
     mut events: mpsc::Receiver<NetworkEvent>,
     driver: mpsc::Sender<DriverInput>,
-    tx_inbox: mpsc::Sender<Vec<u8>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -480,8 +501,8 @@ async fn route_network_events(
                 from,
             } => {
                 // Full: the origin still proposes them in its own turn.
-                if tx_inbox.try_send(data).is_err() {
-                    tracing::debug!(%from, "transaction batch dropped: verifier busy");
+                if shared.arrivals.try_send(Arrival::Gossiped(data)).is_err() {
+                    tracing::debug!(%from, "transaction batch dropped: admission busy");
                 }
             }
             NetworkEvent::InboundRequest { id, data, .. } => {

@@ -177,16 +177,7 @@ async fn submit_transaction(
     let Json(body) = body?;
     let bytes = hex::decode(&body.tx)
         .map_err(|e| ApiError::bad_request("bad_hex", format!("tx is not hex: {e}")))?;
-    let (hash, bytes) = blocking(&shared, move |shared| {
-        let verdict = shared.submit_batch(&[bytes.as_slice()]).pop();
-        match verdict {
-            Some(Ok(hash)) => Ok((hash, bytes)),
-            Some(Err(e)) => Err(submit_error(e)),
-            None => Err(ApiError::internal("no verdict for the transaction")),
-        }
-    })
-    .await?;
-    shared.gossip_transaction(bytes);
+    let hash = shared.submit(bytes).await.map_err(submit_error)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"hash": hash.to_hex(), "status": "pending"})),

@@ -20,7 +20,8 @@ use keyreg_consensus::certificate::CommitCertificate;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
@@ -45,6 +46,32 @@ const META_OLDEST_TREE: &[u8] = b"keyreg/oldest-tree-version";
 const NODE_META_PREFIX: &[u8] = b"node/";
 /// Stale entries deleted per write batch while pruning (bounds memory).
 const PRUNE_CHUNK: usize = 10_000;
+/// Block cache shared by every column family (data, index and filter
+/// blocks): bounds the store's read memory whatever the registry's size.
+const BLOCK_CACHE_BYTES: usize = 256 << 20;
+/// Bloom filter bits per key: ~1% false positives, so a look-up of an absent
+/// key (a new transaction's hash in the index, a tree node not in a level)
+/// rarely reads a data block.
+const BLOOM_BITS_PER_KEY: f64 = 10.0;
+
+/// Options of every column family: point look-ups dominate (tree nodes by
+/// key, transactions by hash, blocks by height), so bloom filters in the
+/// tables and the memtables, index and filter blocks held in the bounded
+/// cache, LZ4 for hot levels and Zstandard for the bottom one.
+fn column_family_options(cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(BLOOM_BITS_PER_KEY, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    let mut opts = Options::default();
+    opts.set_block_based_table_factory(&table);
+    opts.set_memtable_whole_key_filtering(true);
+    opts.set_memtable_prefix_bloom_ratio(0.02);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_bottommost_compression_type(DBCompressionType::Zstd);
+    opts
+}
 
 fn backend(e: rocksdb::Error) -> StoreError {
     StoreError::Backend(e.into_string())
@@ -78,9 +105,10 @@ impl RocksLedgerStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = COLUMN_FAMILIES
             .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+            .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(backend)?;
         let mut store = RocksLedgerStore { db, head: None };
         store.head = store

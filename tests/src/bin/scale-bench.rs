@@ -2,7 +2,7 @@
 //! disk size, node memory, look-up latency and proof size as it grows.
 //!
 //! `cargo run --release -p keyreg-tests --bin scale-bench -- [--checkpoints 100000,1000000,10000000]
-//!  [--lookups 2000] [--dir PATH] [--csv PATH] [--node-bin PATH]`
+//!  [--lookups 2000] [--keep-tree-versions N] [--dir PATH] [--csv PATH] [--node-bin PATH]`
 //!
 //! Generates a one-validator testnet (`keyreg-node testnet --validators 1`)
 //! and fills node 0's RocksDB ledger with certified blocks of lot
@@ -14,6 +14,10 @@
 //! every proof it got and records proof sizes, and stops the node before
 //! loading on.
 //!
+//! Old tree versions are pruned as the node prunes them (every
+//! `PRUNE_INTERVAL` heights), keeping `--keep-tree-versions` (default: the
+//! node's default). The bench's blocks are full (~2 000 registrations), so
+//! each version holds more changed nodes than a typical block's would.
 //! Only the load skips something the node does: the registrations' signatures
 //! (signed here, one proof of possession per device and one admin signature
 //! per lot) are not verified again on execution (`already_passed`), since
@@ -30,6 +34,7 @@ use keyreg_client::keys::AdminKey;
 use keyreg_client::node::NodeClient;
 use keyreg_consensus::codec::{try_encode, Canonical};
 use keyreg_consensus::crypto::{hash, Domain, SigningKey};
+use keyreg_node::config::{StorageConfig, PRUNE_INTERVAL};
 use keyreg_node::keys::read_key_file;
 use keyreg_registry::names::DeviceName;
 use keyreg_registry::records::{AgreementKey, Metadata};
@@ -50,6 +55,7 @@ const WARM_UP_LOOKUPS: usize = 200;
 struct Args {
     checkpoints: Vec<u64>,
     lookups: usize,
+    keep_tree_versions: u64,
     dir: Option<PathBuf>,
     csv: Option<PathBuf>,
     node_bin: Option<PathBuf>,
@@ -59,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         checkpoints: vec![100_000, 1_000_000, 10_000_000],
         lookups: 2000,
+        keep_tree_versions: StorageConfig::default().keep_tree_versions,
         dir: None,
         csv: None,
         node_bin: None,
@@ -75,6 +82,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .with_context(|| format!("--checkpoints {value:?}"))?;
             }
             "--lookups" => args.lookups = value.parse()?,
+            "--keep-tree-versions" => args.keep_tree_versions = value.parse()?,
             "--dir" => args.dir = Some(PathBuf::from(value)),
             "--csv" => args.csv = Some(PathBuf::from(value)),
             "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
@@ -123,10 +131,11 @@ fn run() -> anyhow::Result<()> {
     let admin = AdminKey::load(&net.dir().join("demo-admin.key"))?;
     let data = net.home(0).join("data");
     println!(
-        "scale-bench: ledger in {}; checkpoints {:?}; {} look-ups each",
+        "scale-bench: ledger in {}; checkpoints {:?}; {} look-ups each; keeping {} tree versions",
         data.display(),
         args.checkpoints,
-        args.lookups
+        args.lookups,
+        args.keep_tree_versions
     );
     let mut csv = match &args.csv {
         Some(path) => {
@@ -140,7 +149,15 @@ fn run() -> anyhow::Result<()> {
     let mut load_seconds = 0.0;
     for &target in &args.checkpoints {
         let started = Instant::now();
-        let height = load(&genesis, &data, &validator, &admin, loaded, target)?;
+        let height = load(
+            &genesis,
+            &data,
+            &validator,
+            &admin,
+            loaded,
+            target,
+            args.keep_tree_versions,
+        )?;
         load_seconds += started.elapsed().as_secs_f64();
         loaded = target;
         let row = measure(
@@ -250,6 +267,7 @@ fn load(
     admin: &AdminKey,
     from: u64,
     to: u64,
+    keep_tree_versions: u64,
 ) -> anyhow::Result<u64> {
     let mut ledger = Ledger::open(RocksLedgerStore::open(data)?, genesis)?;
     let chain_id = ledger.chain_id().to_string();
@@ -286,6 +304,9 @@ fn load(
                 certificate,
             };
             ledger.commit(&committed, execution)?;
+            if keep_tree_versions > 0 && ledger.height().is_multiple_of(PRUNE_INTERVAL) {
+                ledger.prune(keep_tree_versions)?;
+            }
         }
         next = end;
         if next >= next_report || next == to {

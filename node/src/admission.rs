@@ -1,18 +1,21 @@
-//! Transactions on the gossip network, in batches.
+//! How transactions reach the mempool and the other nodes, in batches.
 //!
-//! * Out: transactions admitted through the API are queued (bounded) and a
-//!   batcher publishes whatever queued since its last publish as one
-//!   message. At low load a batch is one transaction, published at once;
-//!   under load one message carries many, which amortises gossipsub's
-//!   per-message costs (framing, message ids, duplicate caches, one copy per
-//!   mesh peer and hop).
-//! * In: gossiped batches are queued (bounded) for a verifier task that
-//!   decodes them and admits their transactions to the mempool with one
-//!   batch signature verification, off the task that routes consensus
-//!   messages, so a burst of transactions never delays a vote.
+//! * In: transactions submitted through the API and batches gossiped by
+//!   peers queue (bounded) for one admission task. It takes whatever queued
+//!   since its last round and admits it to the mempool with one batch
+//!   signature verification on the blocking pool: under load that is one
+//!   thread hand-off and one batch per round instead of one per request,
+//!   and it runs off the task that routes consensus messages, so a burst of
+//!   transactions never delays a vote. A full queue answers `busy` to a
+//!   submitter and drops a gossiped batch.
+//! * Out: admitted submissions queue (bounded) for a publisher that gossips
+//!   whatever queued since its last publish as one message. At low load a
+//!   batch is one transaction, published at once; under load one message
+//!   carries many, which amortises gossipsub's per-message costs (framing,
+//!   message ids, duplicate caches, one copy per mesh peer and hop).
 //!
-//! A full queue drops gossip, never an admitted transaction: the origin
-//! node keeps it in its mempool and proposes it in its own turn.
+//! Dropped gossip never loses an admitted transaction: the origin node keeps
+//! it in its mempool and proposes it in its own turn.
 //!
 //! Wire format of a batch (topic `keyreg/<chain>/tx`): `count: u32 LE`, then
 //! `count` times `len: u32 LE` and the transaction's canonical bytes;
@@ -22,21 +25,36 @@
 
 use std::sync::Arc;
 
+use keyreg_consensus::Hash;
 use keyreg_registry::tx::MAX_TX_BYTES;
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::network::{NetworkHandle, Topic};
-use crate::node::Shared;
+use crate::node::{Shared, SubmitError};
 
 /// Most transactions in one gossiped batch.
 pub const MAX_TXS_PER_BATCH: usize = 512;
 /// Most payload bytes of one batch the batcher builds: room for a
 /// largest transaction, and under the gossip payload limit.
 pub const MAX_BATCH_BYTES: usize = 2 * MAX_TX_BYTES;
-/// Transactions waiting to be gossiped, and gossiped batches waiting to be
-/// verified.
+/// Arrivals waiting for admission, and admitted transactions waiting to be
+/// gossiped.
 pub const QUEUE: usize = 8192;
+/// Arrivals admitted in one round, at most: bounds one batch verification
+/// to about `MAX_ARRIVALS_PER_ROUND * MAX_TXS_PER_BATCH` transactions.
+const MAX_ARRIVALS_PER_ROUND: usize = 256;
+
+/// A transaction, or a batch of them, waiting for admission.
+pub enum Arrival {
+    /// Submitted through the API; the verdict goes back on `reply`.
+    Submitted {
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<Hash, SubmitError>>,
+    },
+    /// A batch gossiped by a peer, undecoded.
+    Gossiped(Vec<u8>),
+}
 const _: () = assert!(MAX_BATCH_BYTES <= crate::network::MAX_GOSSIP_PAYLOAD);
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -142,53 +160,70 @@ async fn publish(network: &NetworkHandle, batch: &[Vec<u8>]) {
     }
 }
 
-/// Admits the transactions of gossiped batches queued on `inbox` to the
-/// mempool until shutdown, verifying what queued together as one batch.
-pub async fn admit_batches(
+/// Admits what queues on `arrivals` to the mempool, round by round, until
+/// shutdown.
+pub async fn admit_arrivals(
     shared: Arc<Shared>,
-    mut inbox: mpsc::Receiver<Vec<u8>>,
+    mut arrivals: mpsc::Receiver<Arrival>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let first = tokio::select! {
-            payload = inbox.recv() => match payload {
-                Some(payload) => payload,
+            arrival = arrivals.recv() => match arrival {
+                Some(arrival) => arrival,
                 None => return,
             },
             _ = shutdown.changed() => return,
         };
-        let mut payloads = vec![first];
-        while payloads.len() < MAX_PAYLOADS_PER_CHECK {
-            match inbox.try_recv() {
-                Ok(payload) => payloads.push(payload),
+        let mut round = vec![first];
+        while round.len() < MAX_ARRIVALS_PER_ROUND {
+            match arrivals.try_recv() {
+                Ok(arrival) => round.push(arrival),
                 Err(_) => break,
             }
         }
         let shared = shared.clone();
-        let checked = tokio::task::spawn_blocking(move || {
-            let mut raw = Vec::new();
-            for payload in &payloads {
-                match decode_batch(payload) {
-                    Ok(txs) => raw.extend(txs),
-                    Err(e) => tracing::debug!(error = %e, "undecodable transaction batch"),
-                }
-            }
-            for verdict in shared.submit_batch(&raw) {
-                if let Err(e) = verdict {
-                    tracing::trace!(error = %e, "gossiped transaction not admitted");
-                }
-            }
-        })
-        .await;
-        if let Err(e) = checked {
+        if let Err(e) = tokio::task::spawn_blocking(move || admit(&shared, round)).await {
             tracing::error!(error = %e, "transaction admission task failed");
         }
     }
 }
 
-/// Gossiped batches verified together, at most: bounds one verification
-/// to `MAX_PAYLOADS_PER_CHECK * MAX_TXS_PER_BATCH` transactions.
-const MAX_PAYLOADS_PER_CHECK: usize = 4;
+/// One round: every transaction of `round` checked in one batch, verdicts
+/// sent back to submitters, admitted submissions queued for gossip.
+fn admit(shared: &Shared, round: Vec<Arrival>) {
+    let mut submitted = Vec::new();
+    let mut gossiped = Vec::new();
+    for arrival in round {
+        match arrival {
+            Arrival::Submitted { bytes, reply } => submitted.push((bytes, reply)),
+            Arrival::Gossiped(payload) => gossiped.push(payload),
+        }
+    }
+    let mut raw: Vec<&[u8]> = submitted
+        .iter()
+        .map(|(bytes, _)| bytes.as_slice())
+        .collect();
+    for payload in &gossiped {
+        match decode_batch(payload) {
+            Ok(txs) => raw.extend(txs),
+            Err(e) => tracing::debug!(error = %e, "undecodable transaction batch"),
+        }
+    }
+    let mut verdicts = shared.submit_batch(&raw).into_iter();
+    for ((bytes, reply), verdict) in submitted.into_iter().zip(verdicts.by_ref()) {
+        if verdict.is_ok() {
+            shared.gossip_transaction(bytes);
+        }
+        // The submitter may have gone (client timeout); the verdict stands.
+        let _ = reply.send(verdict);
+    }
+    for verdict in verdicts {
+        if let Err(e) = verdict {
+            tracing::trace!(error = %e, "gossiped transaction not admitted");
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -24,16 +24,18 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{hash, Domain};
 use keyreg_consensus::{
-    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Payload, SafetyState,
+    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, SafetyState,
     SigningKey, Timeout, TimeoutKind,
 };
 use keyreg_registry::block::MAX_BLOCK_BYTES;
 use keyreg_registry::execute::BlockExecution;
 use keyreg_registry::{Block, CommittedBlock, LedgerStore, Transaction};
+/// The engine's value, decoded from gossip by `decode_message` (fuzzed with
+/// this type in `keyreg_tests::fuzz::consensus_message`).
+pub use keyreg_registry::wire::BlockValue;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -62,16 +64,6 @@ const PACING_TICK: Duration = Duration::from_millis(20);
 /// Identical consensus payloads are deduplicated for half the rebroadcast
 /// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(REBROADCAST_MS / 2);
-
-/// A block as the engine's value: consensus votes for its header hash.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub struct BlockValue(pub Block);
-
-impl Payload for BlockValue {
-    fn hash(&self) -> Hash {
-        self.0.hash()
-    }
-}
 
 fn engine_config(c: &ConsensusConfig) -> keyreg_consensus::Config {
     keyreg_consensus::Config {

@@ -88,13 +88,9 @@ impl SealParams {
                 "KDF parameters {self:?} exceed the limits"
             )));
         }
-        let params = argon2::Params::new(
-            self.memory_kib,
-            self.iterations,
-            self.parallelism,
-            Some(32),
-        )
-        .map_err(|e| SealError::Malformed(format!("KDF parameters: {e}")))?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| SealError::Malformed(format!("KDF parameters: {e}")))?;
         Ok(argon2::Argon2::new(
             argon2::Algorithm::Argon2id,
             argon2::Version::V0x13,
@@ -372,7 +368,9 @@ mod tests {
         assert!(!is_sealed(secret));
         assert!(!is_sealed(b"{\"kind\": \"keyreg-admin-key\"}"));
         assert_eq!(
-            open(a.as_bytes(), &pass("correct horse\n")).unwrap().as_slice(),
+            open(a.as_bytes(), &pass("correct horse\n"))
+                .unwrap()
+                .as_slice(),
             secret
         );
         assert!(!a.contains("plaintext"));
@@ -416,7 +414,9 @@ mod tests {
             Err(SealError::WrongPassphrase)
         ));
         assert_eq!(
-            open(json.to_string().as_bytes(), &pass("right")).unwrap().as_slice(),
+            open(json.to_string().as_bytes(), &pass("right"))
+                .unwrap()
+                .as_slice(),
             b"secret"
         );
     }

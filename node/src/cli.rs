@@ -363,7 +363,11 @@ pub fn generate_testnet(spec: &TestnetSpec, out: &Path) -> anyhow::Result<Vec<Te
     let genesis = genesis_for(&spec.chain_id, validators, &admin)?;
     std::fs::write(out.join(GENESIS_FILE), genesis.to_json())?;
     write_admin_key_file(&out.join(DEMO_ADMIN_KEY_FILE), DEMO_ORG, &admin)?;
-    let observer_keys: Vec<_> = keys.iter().skip(spec.validators).map(|k| k.public()).collect();
+    let observer_keys: Vec<_> = keys
+        .iter()
+        .skip(spec.validators)
+        .map(|k| k.public())
+        .collect();
     for (i, (node, key)) in nodes.iter().zip(&keys).enumerate() {
         std::fs::create_dir_all(&node.home)?;
         write_key_file(&node.home.join(KEY_FILE), key, None)?;

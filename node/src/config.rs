@@ -271,9 +271,15 @@ impl Config {
             ("api.limits.max_in_flight", l.max_in_flight as u64),
             ("api.limits.lookups_per_second", l.lookups_per_second.into()),
             ("api.limits.lookup_burst", l.lookup_burst.into()),
-            ("api.limits.submissions_per_second", l.submissions_per_second.into()),
+            (
+                "api.limits.submissions_per_second",
+                l.submissions_per_second.into(),
+            ),
             ("api.limits.submission_burst", l.submission_burst.into()),
-            ("api.limits.max_tracked_clients", l.max_tracked_clients as u64),
+            (
+                "api.limits.max_tracked_clients",
+                l.max_tracked_clients as u64,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be positive".into()));

@@ -27,17 +27,18 @@ use std::time::Duration;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{hash, Domain};
 use keyreg_consensus::{
-    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, SafetyState,
+    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Payload, SafetyState,
     SigningKey, Timeout, TimeoutKind,
 };
 use keyreg_registry::block::MAX_BLOCK_BYTES;
 use keyreg_registry::execute::BlockExecution;
 use keyreg_registry::{Block, CommittedBlock, LedgerStore, Transaction};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
 /// The engine's value, decoded from gossip by `decode_message` (fuzzed with
 /// this type in `keyreg_tests::fuzz::consensus_message`).
 pub use keyreg_registry::wire::BlockValue;
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use crate::config::ConsensusConfig;
 use crate::epochs;

@@ -55,12 +55,12 @@ pub fn write_key_file(
     let plain = Zeroizing::new(format!("{}\n", hex::encode(key.seed())));
     let text = match passphrase {
         Some(passphrase) => Zeroizing::new(
-            sealed::seal(plain.as_bytes(), passphrase, SealParams::default()).map_err(|source| {
-                KeyFileError::Sealed {
+            sealed::seal(plain.as_bytes(), passphrase, SealParams::default()).map_err(
+                |source| KeyFileError::Sealed {
                     path: path.to_path_buf(),
                     source,
-                }
-            })?,
+                },
+            )?,
         ),
         None => plain,
     };
@@ -106,7 +106,10 @@ fn create_private(path: &Path) -> Result<std::fs::File, KeyFileError> {
 /// or others have any access. A sealed file is opened with the passphrase
 /// from `passphrase_file`, else the environment
 /// ([`configured_passphrase`]), asked for only then.
-pub fn read_key_file(path: &Path, passphrase_file: Option<&Path>) -> Result<SigningKey, KeyFileError> {
+pub fn read_key_file(
+    path: &Path,
+    passphrase_file: Option<&Path>,
+) -> Result<SigningKey, KeyFileError> {
     let meta = fs::metadata(path).map_err(io_error(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyreg_consensus::codec::{Canonical, CodecError};
-use keyreg_consensus::Hash;
 pub use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};

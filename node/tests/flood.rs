@@ -182,7 +182,10 @@ async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
     for n in &layout {
         nodes.push(start(&n.home).await);
     }
-    wait_for("first blocks", || nodes.iter().all(|n| n.shared.height() >= 2)).await;
+    wait_for("first blocks", || {
+        nodes.iter().all(|n| n.shared.height() >= 2)
+    })
+    .await;
     let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api_addr).collect();
     let height_before = nodes[0].shared.height();
 
@@ -211,7 +214,11 @@ async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
         let (tally, api, chunk) = (tally.clone(), apis[task % 2], chunk.to_vec());
         flood.spawn(async move {
             for (i, body) in chunk.iter().enumerate() {
-                let body = if i % 5 == 4 { "{\"tx\":\"00zz\"}" } else { body };
+                let body = if i % 5 == 4 {
+                    "{\"tx\":\"00zz\"}"
+                } else {
+                    body
+                };
                 tally.count(http(FLOODER, api, "POST", "/v1/transactions", body).await);
             }
         });
@@ -242,7 +249,10 @@ async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
 
     let rate_limited = tally.rate_limited.load(Ordering::Relaxed);
     let unavailable = tally.unavailable.load(Ordering::Relaxed);
-    assert!(rate_limited > 0, "the flooding address was never rate limited");
+    assert!(
+        rate_limited > 0,
+        "the flooding address was never rate limited"
+    );
     assert!(unavailable > 0, "the in-flight bound never answered 503");
     assert!(
         tally.ok.load(Ordering::Relaxed) > 0,

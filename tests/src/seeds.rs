@@ -8,9 +8,7 @@ use keyreg_consensus::certificate::{VoteData, VoteKind};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::engine::proposer_index;
 use keyreg_consensus::messages::{Evidence, Message, ProposalData, Signed, SignedProposal};
-use keyreg_registry::wire::{
-    BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse,
-};
+use keyreg_registry::wire::{BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse};
 use serde_json::json;
 
 use crate::fixture::{fixture, ACTIVE, CHAIN, PROOF_HEIGHT, REVOKED};
@@ -261,9 +259,16 @@ pub fn all() -> Vec<Seed> {
 
     // HTTP: a submission body, a page query, a device path, a hash path
     // (the first byte picks the part, see `fuzz::http_request`).
-    let tx = f.transactions.first().expect("the fixture has transactions");
+    let tx = f
+        .transactions
+        .first()
+        .expect("the fixture has transactions");
     let http = [
-        (0u8, "submit", json!({"tx": hex_of(tx.to_bytes())}).to_string()),
+        (
+            0u8,
+            "submit",
+            json!({"tx": hex_of(tx.to_bytes())}).to_string(),
+        ),
         (1, "page-query", "from=2&limit=100".to_string()),
         (2, "device-path", ACTIVE.to_string()),
         (3, "tx-hash", tx.hash().to_hex()),

@@ -8,6 +8,7 @@ use keyreg_consensus::engine::Config;
 use keyreg_consensus::messages::{decode_message, MessageError};
 use keyreg_registry::testkit::{commit_next, TestNet};
 use keyreg_registry::tx::MAX_TX_BYTES;
+use keyreg_registry::wire::BlockValue;
 use keyreg_registry::{
     verify_device_proof, DeviceProof, DeviceStatus, Ledger, MemLedgerStore, ProofCheckError,
     Transaction, TxBody, TxError,
@@ -15,7 +16,6 @@ use keyreg_registry::{
 use keyreg_tests::fixture::{
     fixture, name, registration, Fixture, ACTIVE, CHAIN, PROOF_HEIGHT, REVOKED,
 };
-use keyreg_registry::wire::BlockValue;
 
 /// A genuine certificate, cut from its header and stapled to another
 /// (another height, or the same height with another state root), proves

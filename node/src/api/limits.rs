@@ -11,7 +11,7 @@
 //!   bounded and evicts idle clients first.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -113,7 +113,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::from(u128::from(v6) & !u128::from(u64::MAX)),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         },
     }
 }
@@ -160,15 +160,17 @@ impl Limiter {
         } else {
             (&self.lookups, Rejection::LookupRateLimited, "look-ups")
         };
-        limiter.check(client, Instant::now()).map_err(|RetryAfter(wait)| {
-            self.metrics.count_rejection(rejection);
-            ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many {what} from this address; retry later"),
-            )
-            .with_retry_after(wait)
-        })
+        limiter
+            .check(client, Instant::now())
+            .map_err(|RetryAfter(wait)| {
+                self.metrics.count_rejection(rejection);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many {what} from this address; retry later"),
+                )
+                .with_retry_after(wait)
+            })
     }
 }
 
@@ -180,11 +182,7 @@ fn is_exempt(path: &str) -> bool {
 
 /// The middleware: per-client rate, then a global in-flight slot held until
 /// the response is ready.
-pub async fn limit(
-    State(limiter): State<Arc<Limiter>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
     if is_exempt(request.uri().path()) {
         return next.run(request).await;
     }
@@ -263,12 +261,16 @@ mod tests {
         limiter.check(busy, t0).unwrap();
         limiter.check(busy, t0).unwrap();
         limiter.check(ip("10.0.0.2"), t0).unwrap();
-        limiter.check(ip("10.0.0.3"), t0 + Duration::from_millis(1)).unwrap();
+        limiter
+            .check(ip("10.0.0.3"), t0 + Duration::from_millis(1))
+            .unwrap();
         assert_eq!(limiter.tracked(), 3);
         // A spray of new addresses never grows the map past its bound ...
         for i in 0..1000u32 {
             let t = t0 + Duration::from_millis(2);
-            limiter.check(IpAddr::from((0x0b00_0000 + i).to_be_bytes()), t).unwrap();
+            limiter
+                .check(IpAddr::from((0x0b00_0000 + i).to_be_bytes()), t)
+                .unwrap();
             assert!(limiter.tracked() <= 3);
         }
         // ... and once the others refilled, the busy client's empty bucket
@@ -308,10 +310,7 @@ mod tests {
         let refused = strict.rate_check(&Method::GET, local).unwrap_err();
         assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(refused.retry_after.is_some());
-        assert_eq!(
-            strict.metrics.rejections(Rejection::LookupRateLimited),
-            1
-        );
+        assert_eq!(strict.metrics.rejections(Rejection::LookupRateLimited), 1);
         // Submissions have their own bucket.
         assert!(strict.rate_check(&Method::POST, local).is_ok());
     }

@@ -25,7 +25,6 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
-pub use limits::{ClientRateLimiter, Limiter, RetryAfter};
 
 use crate::config::ApiLimits;
 use crate::epochs;
@@ -49,7 +48,7 @@ fn ok(body: Value) -> ApiResult {
 
 /// The API's routes behind its limits (see [`limits`]).
 pub fn router(shared: Arc<Shared>, limits: &ApiLimits) -> Router {
-    let limiter = Arc::new(Limiter::new(limits, shared.metrics.clone()));
+    let limiter = Arc::new(limits::Limiter::new(limits, shared.metrics.clone()));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

@@ -60,15 +60,16 @@ pub enum KeyFileError {
     Name(#[from] NameError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("{path}: {source}")]
-    Sealed { path: PathBuf, source: SealError },
+    /// Not a `#[source]`: the message already includes it once.
+    #[error("{path}: {error}")]
+    Sealed { path: PathBuf, error: SealError },
 }
 
 /// The passphrase configured in the environment, if any.
 fn environment_passphrase(path: &Path) -> Result<Option<Passphrase>, KeyFileError> {
-    configured_passphrase(None).map_err(|source| KeyFileError::Sealed {
+    configured_passphrase(None).map_err(|error| KeyFileError::Sealed {
         path: path.to_path_buf(),
-        source,
+        error,
     })
 }
 
@@ -383,9 +384,9 @@ fn read_secret_file(
     if !sealed::is_sealed(text.as_bytes()) {
         return Ok(text);
     }
-    let sealed_error = |source| KeyFileError::Sealed {
+    let sealed_error = |error| KeyFileError::Sealed {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let passphrase = passphrase.ok_or_else(|| sealed_error(SealError::PassphraseNeeded))?;
     let plain = sealed::open(text.as_bytes(), passphrase).map_err(sealed_error)?;
@@ -430,9 +431,9 @@ fn write_secret_file(
     let text = match passphrase {
         Some(passphrase) => {
             sealed_text = sealed::seal(text.as_bytes(), passphrase, SealParams::default())
-                .map_err(|source| KeyFileError::Sealed {
+                .map_err(|error| KeyFileError::Sealed {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 })?;
             sealed_text.as_str()
         }
@@ -584,7 +585,7 @@ mod tests {
             .is_some());
 
         let sealed_error = |result: Result<DeviceKeys, KeyFileError>| match result {
-            Err(KeyFileError::Sealed { source, .. }) => source,
+            Err(KeyFileError::Sealed { error, .. }) => error,
             other => panic!("expected a sealed-file error, got {:?}", other.map(|_| ())),
         };
         assert!(matches!(

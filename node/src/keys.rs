@@ -34,8 +34,9 @@ pub enum KeyFileError {
     Malformed { path: PathBuf },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
-    #[error("{path}: {source}")]
-    Sealed { path: PathBuf, source: SealError },
+    /// Not a `#[source]`: the message already includes it once.
+    #[error("{path}: {error}")]
+    Sealed { path: PathBuf, error: SealError },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
@@ -55,12 +56,12 @@ pub fn write_key_file(
     let plain = Zeroizing::new(format!("{}\n", hex::encode(key.seed())));
     let text = match passphrase {
         Some(passphrase) => Zeroizing::new(
-            sealed::seal(plain.as_bytes(), passphrase, SealParams::default()).map_err(
-                |source| KeyFileError::Sealed {
+            sealed::seal(plain.as_bytes(), passphrase, SealParams::default()).map_err(|error| {
+                KeyFileError::Sealed {
                     path: path.to_path_buf(),
-                    source,
-                },
-            )?,
+                    error,
+                }
+            })?,
         ),
         None => plain,
     };
@@ -126,9 +127,9 @@ pub fn read_key_file(
     }
     let bytes = Zeroizing::new(fs::read(path).map_err(io_error(path))?);
     let plain = if sealed::is_sealed(&bytes) {
-        let sealed_error = |source| KeyFileError::Sealed {
+        let sealed_error = |error| KeyFileError::Sealed {
             path: path.to_path_buf(),
-            source,
+            error,
         };
         let passphrase = configured_passphrase(passphrase_file)
             .map_err(sealed_error)?
@@ -217,7 +218,7 @@ mod tests {
         assert!(matches!(
             read_key_file(&path, Some(&wrong)),
             Err(KeyFileError::Sealed {
-                source: SealError::WrongPassphrase,
+                error: SealError::WrongPassphrase,
                 ..
             })
         ));
@@ -226,7 +227,7 @@ mod tests {
         assert!(matches!(
             read_key_file(&path, Some(&right)),
             Err(KeyFileError::Sealed {
-                source: SealError::PassphraseFile { .. },
+                error: SealError::PassphraseFile { .. },
                 ..
             })
         ));
@@ -240,7 +241,7 @@ mod tests {
         assert!(matches!(
             read_key_file(&tampered, Some(&right)),
             Err(KeyFileError::Sealed {
-                source: SealError::Tampered,
+                error: SealError::Tampered,
                 ..
             })
         ));

@@ -249,6 +249,11 @@ async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
 
     let rate_limited = tally.rate_limited.load(Ordering::Relaxed);
     let unavailable = tally.unavailable.load(Ordering::Relaxed);
+    eprintln!(
+        "flood answers: {} served, {rate_limited} x 429, {unavailable} x 503, {} other",
+        tally.ok.load(Ordering::Relaxed),
+        tally.other.load(Ordering::Relaxed)
+    );
     assert!(
         rate_limited > 0,
         "the flooding address was never rate limited"

@@ -11,12 +11,19 @@
 //! of the current key alone cannot rotate the device to a key of its own.
 //! While a rotation is in flight the file also holds the keys it rotates to,
 //! so a rotation interrupted after submission can be completed or retried.
+//!
+//! Any key file may be sealed under a passphrase ([`keyreg_consensus::sealed`]:
+//! Argon2id + ChaCha20-Poly1305 around the same JSON). `load`, `create` and
+//! `replace` take the passphrase from the environment (`KEYREG_PASSPHRASE_FILE`
+//! or `KEYREG_PASSPHRASE`): with one configured, files are written sealed;
+//! the `_with` variants take it explicitly.
 
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use keyreg_consensus::crypto::{CryptoError, Domain, Hash, PublicKey, SigningKey};
+use keyreg_consensus::sealed::{self, configured_passphrase, Passphrase, SealError, SealParams};
 use keyreg_registry::names::{DeviceName, NameError, OrgId};
 use keyreg_registry::records::AgreementKey;
 use serde::{Deserialize, Serialize};
@@ -53,6 +60,17 @@ pub enum KeyFileError {
     Name(#[from] NameError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
+    /// Not a `#[source]`: the message already includes it once.
+    #[error("{path}: {error}")]
+    Sealed { path: PathBuf, error: SealError },
+}
+
+/// The passphrase configured in the environment, if any.
+fn environment_passphrase(path: &Path) -> Result<Option<Passphrase>, KeyFileError> {
+    configured_passphrase(None).map_err(|error| KeyFileError::Sealed {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// A 32-byte secret in hex, wiped from memory when dropped.
@@ -187,7 +205,12 @@ impl DeviceKeys {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = read_secret_file(path)?;
+        Self::load_with(path, environment_passphrase(path)?.as_ref())
+    }
+
+    /// Loads a key file, opening it with `passphrase` if it is sealed.
+    pub fn load_with(path: &Path, passphrase: Option<&Passphrase>) -> Result<Self, KeyFileError> {
+        let text = read_secret_file(path, passphrase)?;
         let malformed = |reason: String| KeyFileError::Malformed {
             path: path.to_path_buf(),
             expected: "device",
@@ -216,12 +239,22 @@ impl DeviceKeys {
 
     /// Writes a new key file (never overwriting one).
     pub fn create(&self, path: &Path) -> Result<(), KeyFileError> {
-        write_secret_file(path, &self.to_json(), false)
+        self.create_with(path, environment_passphrase(path)?.as_ref())
+    }
+
+    /// Writes a new key file, sealed under `passphrase` if one is given.
+    pub fn create_with(
+        &self,
+        path: &Path,
+        passphrase: Option<&Passphrase>,
+    ) -> Result<(), KeyFileError> {
+        write_secret_file(path, &self.to_json(), passphrase, false)
     }
 
     /// Replaces an existing key file atomically (write, sync, rename).
     pub fn replace(&self, path: &Path) -> Result<(), KeyFileError> {
-        write_secret_file(path, &self.to_json(), true)
+        let passphrase = environment_passphrase(path)?;
+        write_secret_file(path, &self.to_json(), passphrase.as_ref(), true)
     }
 
     fn to_json(&self) -> Zeroizing<String> {
@@ -276,7 +309,12 @@ impl AdminKey {
     }
 
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let text = read_secret_file(path)?;
+        Self::load_with(path, environment_passphrase(path)?.as_ref())
+    }
+
+    /// Loads a key file, opening it with `passphrase` if it is sealed.
+    pub fn load_with(path: &Path, passphrase: Option<&Passphrase>) -> Result<Self, KeyFileError> {
+        let text = read_secret_file(path, passphrase)?;
         let malformed = |reason: String| KeyFileError::Malformed {
             path: path.to_path_buf(),
             expected: "admin",
@@ -299,6 +337,15 @@ impl AdminKey {
     }
 
     pub fn create(&self, path: &Path) -> Result<(), KeyFileError> {
+        self.create_with(path, environment_passphrase(path)?.as_ref())
+    }
+
+    /// Writes a new key file, sealed under `passphrase` if one is given.
+    pub fn create_with(
+        &self,
+        path: &Path,
+        passphrase: Option<&Passphrase>,
+    ) -> Result<(), KeyFileError> {
         let json = AdminKeyJson {
             kind: ADMIN_KIND.into(),
             version: KEY_FILE_VERSION,
@@ -307,12 +354,16 @@ impl AdminKey {
             signing_seed: hex::encode(self.signing.seed()),
         };
         let text = Zeroizing::new(serde_json::to_string_pretty(&json).unwrap_or_default() + "\n");
-        write_secret_file(path, &text, false)
+        write_secret_file(path, &text, passphrase, false)
     }
 }
 
-/// Reads a key file after checking its permissions and size.
-fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
+/// Reads a key file after checking its permissions and size, opening it
+/// with `passphrase` if it is sealed.
+fn read_secret_file(
+    path: &Path,
+    passphrase: Option<&Passphrase>,
+) -> Result<Zeroizing<String>, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
@@ -330,7 +381,22 @@ fn read_secret_file(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
     if text.len() as u64 > MAX_KEY_FILE_LEN {
         return Err(KeyFileError::TooLarge(path.to_path_buf()));
     }
-    Ok(text)
+    if !sealed::is_sealed(text.as_bytes()) {
+        return Ok(text);
+    }
+    let sealed_error = |error| KeyFileError::Sealed {
+        path: path.to_path_buf(),
+        error,
+    };
+    let passphrase = passphrase.ok_or_else(|| sealed_error(SealError::PassphraseNeeded))?;
+    let plain = sealed::open(text.as_bytes(), passphrase).map_err(sealed_error)?;
+    String::from_utf8(plain.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| KeyFileError::Malformed {
+            path: path.to_path_buf(),
+            expected: "sealed",
+            reason: "the sealed content is not text".into(),
+        })
 }
 
 #[cfg(unix)]
@@ -351,10 +417,28 @@ fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyFileError>
     Ok(())
 }
 
-/// Writes `text` to `path` with mode 0600. With `replace`, writes a sibling
-/// temporary file and renames it over `path`, so a crash leaves either the
-/// old or the new file, never half of one.
-fn write_secret_file(path: &Path, text: &str, replace: bool) -> Result<(), KeyFileError> {
+/// Writes `text` to `path` with mode 0600, sealed under `passphrase` if one
+/// is given. With `replace`, writes a sibling temporary file and renames it
+/// over `path`, so a crash leaves either the old or the new file, never half
+/// of one.
+fn write_secret_file(
+    path: &Path,
+    text: &str,
+    passphrase: Option<&Passphrase>,
+    replace: bool,
+) -> Result<(), KeyFileError> {
+    let sealed_text;
+    let text = match passphrase {
+        Some(passphrase) => {
+            sealed_text = sealed::seal(text.as_bytes(), passphrase, SealParams::default())
+                .map_err(|error| KeyFileError::Sealed {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+            sealed_text.as_str()
+        }
+        None => text,
+    };
     let target = if replace {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(format!(".tmp.{}", std::process::id()));
@@ -469,6 +553,93 @@ mod tests {
             DeviceKeys::load(&path),
             Err(KeyFileError::Malformed { .. })
         ));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn sealed_key_files_round_trip_and_refuse_wrong_or_tampered_input() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let passphrase = Passphrase::new("device passphrase").unwrap();
+        let device_path = dir.path().join("dev.json");
+        let mut keys = DeviceKeys::generate(name()).unwrap();
+        keys.create_with(&device_path, Some(&passphrase)).unwrap();
+        let text = fs::read_to_string(&device_path).unwrap();
+        assert!(sealed::is_sealed(text.as_bytes()));
+        assert!(!text.contains(&hex::encode(keys.current.signing.seed())));
+        assert_eq!(
+            fs::metadata(&device_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let loaded = DeviceKeys::load_with(&device_path, Some(&passphrase)).unwrap();
+        assert_eq!(
+            loaded.current.signing.public(),
+            keys.current.signing.public()
+        );
+        // A rotation in flight is written back sealed.
+        keys.pending_rotation = Some(keys.current.successor().unwrap());
+        write_secret_file(&device_path, &keys.to_json(), Some(&passphrase), true).unwrap();
+        assert!(DeviceKeys::load_with(&device_path, Some(&passphrase))
+            .unwrap()
+            .pending_rotation
+            .is_some());
+
+        let sealed_error = |result: Result<DeviceKeys, KeyFileError>| match result {
+            Err(KeyFileError::Sealed { error, .. }) => error,
+            other => panic!("expected a sealed-file error, got {:?}", other.map(|_| ())),
+        };
+        assert!(matches!(
+            sealed_error(DeviceKeys::load_with(&device_path, None)),
+            SealError::PassphraseNeeded
+        ));
+        let wrong = Passphrase::new("not it").unwrap();
+        assert!(matches!(
+            sealed_error(DeviceKeys::load_with(&device_path, Some(&wrong))),
+            SealError::WrongPassphrase
+        ));
+        let text = fs::read_to_string(&device_path).unwrap();
+        let tampered = dir.path().join("tampered.json");
+        write_secret_file(
+            &tampered,
+            &text.replacen("\"ciphertext\": \"", "\"ciphertext\": \"ff", 1),
+            None,
+            false,
+        )
+        .unwrap();
+        assert!(matches!(
+            sealed_error(DeviceKeys::load_with(&tampered, Some(&passphrase))),
+            SealError::Tampered
+        ));
+        let truncated = dir.path().join("truncated.json");
+        write_secret_file(&truncated, &text[..text.len() - 40], None, false).unwrap();
+        assert!(matches!(
+            DeviceKeys::load_with(&truncated, Some(&passphrase)),
+            Err(KeyFileError::Malformed { .. })
+        ));
+        fs::set_permissions(&device_path, fs::Permissions::from_mode(0o604)).unwrap();
+        assert!(matches!(
+            DeviceKeys::load_with(&device_path, Some(&passphrase)),
+            Err(KeyFileError::InsecurePermissions { .. })
+        ));
+
+        // Admin keys: same format; plaintext files still load.
+        let admin_path = dir.path().join("admin.json");
+        let admin = AdminKey::generate(OrgId::new("acme").unwrap()).unwrap();
+        admin.create_with(&admin_path, Some(&passphrase)).unwrap();
+        assert_eq!(
+            AdminKey::load_with(&admin_path, Some(&passphrase))
+                .unwrap()
+                .public(),
+            admin.public()
+        );
+        let plain_path = dir.path().join("plain.json");
+        admin.create_with(&plain_path, None).unwrap();
+        assert_eq!(
+            AdminKey::load_with(&plain_path, Some(&passphrase))
+                .unwrap()
+                .public(),
+            admin.public()
+        );
     }
 
     #[test]

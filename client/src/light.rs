@@ -807,12 +807,14 @@ impl LightClient {
         if node >= self.nodes.len() {
             return Err(AnswerError::NoSuchNode(node));
         }
-        // The block's own version byte is outside the certified header hash:
-        // check it, or a node could alter it undetected (found by fuzzing).
-        if block.block.version != Block::VERSION {
+        // The version bytes of the block and of its envelope are outside the
+        // certified header hash: check them, or a node could alter them
+        // undetected (both found by fuzzing; the envelope's when it arrives
+        // nested, as in a sync response, where decoding does not check it).
+        if block.block.version != Block::VERSION || block.version != CommittedBlock::VERSION {
             return Err(AnswerError::Malformed(format!(
-                "block version {}",
-                block.block.version
+                "block version {}, envelope version {}",
+                block.block.version, block.version
             )));
         }
         let header = &block.block.header;

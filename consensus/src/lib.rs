@@ -29,6 +29,7 @@ pub mod codec;
 pub mod crypto;
 pub mod engine;
 pub mod messages;
+pub mod sealed;
 // The simulator is a test harness driven by its own seed, never by network
 // input: it indexes its own tables freely.
 #[allow(

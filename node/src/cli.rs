@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::sealed::configured_passphrase;
 use keyreg_consensus::SigningKey;
 use keyreg_registry::{Genesis, GenesisOrg, Ledger, OrgId, ValidatorInfo};
 
@@ -94,6 +95,10 @@ pub struct OverrideArgs {
     /// Comma-separated multiaddrs ending in /p2p/<peer id>
     #[arg(long, env = "KEYREG_PERSISTENT_PEERS", value_delimiter = ',')]
     pub persistent_peers: Option<Vec<String>>,
+    /// File holding the passphrase of a sealed node.key (mode 0600); `init`
+    /// seals the new key when a passphrase is given here or in KEYREG_PASSPHRASE.
+    #[arg(long, env = "KEYREG_PASSPHRASE_FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl From<OverrideArgs> for Overrides {
@@ -102,6 +107,7 @@ impl From<OverrideArgs> for Overrides {
             p2p_listen: a.p2p_listen,
             persistent_peers: a.persistent_peers,
             api_listen: a.api_listen,
+            passphrase_file: a.passphrase_file,
         }
     }
 }
@@ -177,9 +183,10 @@ fn init(home: &Path, genesis: Option<&Path>, overrides: Overrides) -> anyhow::Re
     }
     std::fs::create_dir_all(home)?;
     let key = SigningKey::generate()?;
-    write_key_file(&home.join(KEY_FILE), &key)?;
     let mut config = Config::default();
     config.apply(overrides)?;
+    let passphrase = configured_passphrase(config.keys.passphrase_file.as_deref())?;
+    write_key_file(&home.join(KEY_FILE), &key, passphrase.as_ref())?;
     config.save(home)?;
     if let Some(genesis) = genesis {
         std::fs::copy(genesis, home.join(GENESIS_FILE))
@@ -217,7 +224,7 @@ async fn dev(home: &Path, api: SocketAddr) -> anyhow::Result<()> {
         std::fs::create_dir_all(home)?;
         let key = SigningKey::generate()?;
         let admin = SigningKey::generate()?;
-        write_key_file(&home.join(KEY_FILE), &key)?;
+        write_key_file(&home.join(KEY_FILE), &key, None)?;
         write_admin_key_file(&home.join(DEMO_ADMIN_KEY_FILE), DEMO_ORG, &admin)?;
         let genesis = genesis_for(
             "keyreg-dev",
@@ -356,10 +363,14 @@ pub fn generate_testnet(spec: &TestnetSpec, out: &Path) -> anyhow::Result<Vec<Te
     let genesis = genesis_for(&spec.chain_id, validators, &admin)?;
     std::fs::write(out.join(GENESIS_FILE), genesis.to_json())?;
     write_admin_key_file(&out.join(DEMO_ADMIN_KEY_FILE), DEMO_ORG, &admin)?;
-    let observer_keys: Vec<_> = keys[spec.validators..].iter().map(|k| k.public()).collect();
+    let observer_keys: Vec<_> = keys
+        .iter()
+        .skip(spec.validators)
+        .map(|k| k.public())
+        .collect();
     for (i, (node, key)) in nodes.iter().zip(&keys).enumerate() {
         std::fs::create_dir_all(&node.home)?;
-        write_key_file(&node.home.join(KEY_FILE), key)?;
+        write_key_file(&node.home.join(KEY_FILE), key, None)?;
         std::fs::write(node.home.join(GENESIS_FILE), genesis.to_json())?;
         let mut config = Config::default();
         config.p2p.listen = if per_host {
@@ -388,7 +399,8 @@ pub fn generate_testnet(spec: &TestnetSpec, out: &Path) -> anyhow::Result<Vec<Te
     Ok(nodes)
 }
 
-/// The node key in `home` (for tools and tests).
+/// The node key in `home` (for tools and tests; a sealed key's passphrase
+/// comes from the environment).
 pub fn node_key(home: &Path) -> anyhow::Result<SigningKey> {
-    Ok(read_key_file(&home.join(KEY_FILE))?)
+    Ok(read_key_file(&home.join(KEY_FILE), None)?)
 }

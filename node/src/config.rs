@@ -7,7 +7,7 @@
 //! |-----------------|-------------------------------------------------------|
 //! | `config.toml`   | this configuration                                    |
 //! | `genesis.json`  | the chain's genesis (identical on every node)         |
-//! | `node.key`      | the node's Ed25519 seed (validator key = libp2p id), 0600 |
+//! | `node.key`      | the node's Ed25519 seed (validator key = libp2p id), 0600, optionally sealed under a passphrase |
 //! | `data/`         | the RocksDB ledger store                              |
 
 use std::net::SocketAddr;
@@ -48,6 +48,15 @@ pub struct Config {
     pub consensus: ConsensusConfig,
     pub mempool: MempoolConfig,
     pub storage: StorageConfig,
+    pub keys: KeysConfig,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysConfig {
+    /// File holding the passphrase of a sealed `node.key` (mode 0600).
+    /// Without it, `KEYREG_PASSPHRASE_FILE` or `KEYREG_PASSPHRASE` is used.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +76,34 @@ pub struct P2pConfig {
 pub struct ApiConfig {
     /// HTTP API listen address.
     pub listen: SocketAddr,
+    /// Load shedding and per-client rate limits.
+    pub limits: ApiLimits,
+}
+
+/// How the API sheds load: a global bound on requests in progress (503
+/// `overloaded` beyond it, never a queue) and per-client token buckets for
+/// look-ups and submissions (429 `rate_limited` with `Retry-After`).
+/// `/healthz` and `/metrics` are exempt from both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiLimits {
+    /// Requests handled at once, over all clients.
+    pub max_in_flight: usize,
+    /// Sustained `GET` requests per second per client address (IPv6: per /64).
+    pub lookups_per_second: u32,
+    /// Look-ups a client may make at once after being idle.
+    pub lookup_burst: u32,
+    /// Sustained `POST /v1/transactions` per second per client address.
+    pub submissions_per_second: u32,
+    /// Submissions a client may make at once after being idle.
+    pub submission_burst: u32,
+    /// Client addresses tracked per bucket kind; when full, refilled entries
+    /// and then the least recently seen one are evicted.
+    pub max_tracked_clients: usize,
+    /// Loopback clients skip the per-client limits (benchmarks, local
+    /// tools). Behind a reverse proxy on the same host every client looks
+    /// like loopback: set this to false and limit in the proxy.
+    pub exempt_loopback: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +161,21 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: ApiLimits::default(),
+        }
+    }
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        ApiLimits {
+            max_in_flight: 256,
+            lookups_per_second: 100,
+            lookup_burst: 200,
+            submissions_per_second: 200,
+            submission_burst: 400,
+            max_tracked_clients: 10_000,
+            exempt_loopback: true,
         }
     }
 }
@@ -155,6 +207,7 @@ pub struct Overrides {
     pub p2p_listen: Option<String>,
     pub persistent_peers: Option<Vec<String>>,
     pub api_listen: Option<SocketAddr>,
+    pub passphrase_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -198,6 +251,9 @@ impl Config {
         if let Some(listen) = overrides.api_listen {
             self.api.listen = listen;
         }
+        if let Some(file) = overrides.passphrase_file {
+            self.keys.passphrase_file = Some(file);
+        }
         self.check()
     }
 
@@ -230,6 +286,25 @@ impl Config {
         }
         if self.mempool.max_txs == 0 || self.mempool.max_bytes == 0 {
             return Err(invalid("mempool", "limits must be positive".into()));
+        }
+        let l = &self.api.limits;
+        for (key, value) in [
+            ("api.limits.max_in_flight", l.max_in_flight as u64),
+            ("api.limits.lookups_per_second", l.lookups_per_second.into()),
+            ("api.limits.lookup_burst", l.lookup_burst.into()),
+            (
+                "api.limits.submissions_per_second",
+                l.submissions_per_second.into(),
+            ),
+            ("api.limits.submission_burst", l.submission_burst.into()),
+            (
+                "api.limits.max_tracked_clients",
+                l.max_tracked_clients as u64,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be positive".into()));
+            }
         }
         Ok(())
     }

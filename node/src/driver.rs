@@ -24,7 +24,6 @@ use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{hash, Domain};
 use keyreg_consensus::{
@@ -36,6 +35,10 @@ use keyreg_registry::execute::BlockExecution;
 use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transaction};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+/// The engine's value, decoded from gossip by `decode_message` (fuzzed with
+/// this type in `keyreg_tests::fuzz::consensus_message`).
+pub use keyreg_registry::wire::BlockValue;
 
 use crate::config::{ConsensusConfig, PRUNE_INTERVAL};
 use crate::epochs;
@@ -62,16 +65,6 @@ const PACING_TICK: Duration = Duration::from_millis(20);
 /// Identical consensus payloads are deduplicated for half the rebroadcast
 /// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_millis(REBROADCAST_MS / 2);
-
-/// A block as the engine's value: consensus votes for its header hash.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub struct BlockValue(pub Block);
-
-impl Payload for BlockValue {
-    fn hash(&self) -> Hash {
-        self.0.hash()
-    }
-}
 
 fn engine_config(c: &ConsensusConfig) -> keyreg_consensus::Config {
     keyreg_consensus::Config {

@@ -4,19 +4,22 @@
 //! and its libp2p identity. Files are created with mode 0600 and refused on
 //! load when group or others may read them (as ssh does), so a key that has
 //! leaked through loose permissions is noticed instead of silently used.
+//! The file may be sealed under a passphrase ([`keyreg_consensus::sealed`]:
+//! Argon2id + ChaCha20-Poly1305 around the same hex text).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use keyreg_consensus::sealed::{self, configured_passphrase, Passphrase, SealError, SealParams};
 use keyreg_consensus::SigningKey;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-/// A key file is 64 hex characters plus an optional newline; anything much
-/// longer is not a key file and is not read into memory.
-const MAX_KEY_FILE_LEN: u64 = 128;
+/// A plaintext key file is 64 hex characters plus a newline, a sealed one
+/// well under a kilobyte; anything longer is not read into memory.
+const MAX_KEY_FILE_LEN: u64 = 4096;
 
 #[derive(Debug, Error)]
 pub enum KeyFileError {
@@ -31,6 +34,9 @@ pub enum KeyFileError {
     Malformed { path: PathBuf },
     #[error("{path} already exists; refusing to overwrite a key")]
     Exists { path: PathBuf },
+    /// Not a `#[source]`: the message already includes it once.
+    #[error("{path}: {error}")]
+    Sealed { path: PathBuf, error: SealError },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
@@ -40,11 +46,26 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeyFileError + '_ {
     }
 }
 
-/// Writes `key`'s seed to a new file at `path` with mode 0600. Never
-/// overwrites an existing file.
-pub fn write_key_file(path: &Path, key: &SigningKey) -> Result<(), KeyFileError> {
+/// Writes `key`'s seed to a new file at `path` with mode 0600, sealed under
+/// `passphrase` when one is given. Never overwrites an existing file.
+pub fn write_key_file(
+    path: &Path,
+    key: &SigningKey,
+    passphrase: Option<&Passphrase>,
+) -> Result<(), KeyFileError> {
+    let plain = Zeroizing::new(format!("{}\n", hex::encode(key.seed())));
+    let text = match passphrase {
+        Some(passphrase) => Zeroizing::new(
+            sealed::seal(plain.as_bytes(), passphrase, SealParams::default()).map_err(|error| {
+                KeyFileError::Sealed {
+                    path: path.to_path_buf(),
+                    error,
+                }
+            })?,
+        ),
+        None => plain,
+    };
     let mut file = create_private(path)?;
-    let text = Zeroizing::new(format!("{}\n", hex::encode(key.seed())));
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io_error(path))
@@ -83,8 +104,13 @@ fn create_private(path: &Path) -> Result<std::fs::File, KeyFileError> {
 }
 
 /// Reads a key file written by [`write_key_file`], refusing it when group
-/// or others have any access.
-pub fn read_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
+/// or others have any access. A sealed file is opened with the passphrase
+/// from `passphrase_file`, else the environment
+/// ([`configured_passphrase`]), asked for only then.
+pub fn read_key_file(
+    path: &Path,
+    passphrase_file: Option<&Path>,
+) -> Result<SigningKey, KeyFileError> {
     let meta = fs::metadata(path).map_err(io_error(path))?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -93,16 +119,29 @@ pub fn read_key_file(path: &Path) -> Result<SigningKey, KeyFileError> {
             mode,
         });
     }
-    if meta.len() > MAX_KEY_FILE_LEN {
-        return Err(KeyFileError::Malformed {
-            path: path.to_path_buf(),
-        });
-    }
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(io_error(path))?);
-    let mut seed = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| KeyFileError::Malformed {
+    let malformed = || KeyFileError::Malformed {
         path: path.to_path_buf(),
-    })?;
+    };
+    if meta.len() > MAX_KEY_FILE_LEN {
+        return Err(malformed());
+    }
+    let bytes = Zeroizing::new(fs::read(path).map_err(io_error(path))?);
+    let plain = if sealed::is_sealed(&bytes) {
+        let sealed_error = |error| KeyFileError::Sealed {
+            path: path.to_path_buf(),
+            error,
+        };
+        let passphrase = configured_passphrase(passphrase_file)
+            .map_err(sealed_error)?
+            .ok_or(SealError::PassphraseNeeded)
+            .map_err(sealed_error)?;
+        sealed::open(&bytes, &passphrase).map_err(sealed_error)?
+    } else {
+        bytes
+    };
+    let text = std::str::from_utf8(&plain).map_err(|_| malformed())?;
+    let mut seed = Zeroizing::new([0u8; 32]);
+    hex::decode_to_slice(text.trim(), seed.as_mut()).map_err(|_| malformed())?;
     Ok(SigningKey::from_seed(*seed))
 }
 
@@ -115,14 +154,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
         let key = SigningKey::from_seed([7; 32]);
-        write_key_file(&path, &key).unwrap();
+        write_key_file(&path, &key, None).unwrap();
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert_eq!(read_key_file(&path).unwrap().public(), key.public());
+        assert_eq!(read_key_file(&path, None).unwrap().public(), key.public());
         assert!(matches!(
-            write_key_file(&path, &key),
+            write_key_file(&path, &key, None),
             Err(KeyFileError::Exists { .. })
         ));
     }
@@ -131,11 +170,11 @@ mod tests {
     fn refuses_group_or_world_readable_and_malformed_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.key");
-        write_key_file(&path, &SigningKey::from_seed([1; 32])).unwrap();
+        write_key_file(&path, &SigningKey::from_seed([1; 32]), None).unwrap();
         for mode in [0o640, 0o604, 0o660] {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             assert!(matches!(
-                read_key_file(&path),
+                read_key_file(&path, None),
                 Err(KeyFileError::Permissions { .. })
             ));
         }
@@ -143,8 +182,78 @@ mod tests {
         fs::write(&bad, "not hex").unwrap();
         fs::set_permissions(&bad, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(
-            read_key_file(&bad),
+            read_key_file(&bad, None),
             Err(KeyFileError::Malformed { .. })
+        ));
+    }
+
+    fn private_file(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
+    #[test]
+    fn sealed_key_files_need_the_right_passphrase_and_stay_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let key = SigningKey::from_seed([9; 32]);
+        let passphrase = Passphrase::new("node passphrase").unwrap();
+        write_key_file(&path, &key, Some(&passphrase)).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(sealed::is_sealed(text.as_bytes()));
+        assert!(!text.contains(&hex::encode(key.seed())), "no seed in clear");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let right = private_file(dir.path(), "right", "node passphrase\n");
+        let wrong = private_file(dir.path(), "wrong", "guess\n");
+        assert_eq!(
+            read_key_file(&path, Some(&right)).unwrap().public(),
+            key.public()
+        );
+        assert!(matches!(
+            read_key_file(&path, Some(&wrong)),
+            Err(KeyFileError::Sealed {
+                error: SealError::WrongPassphrase,
+                ..
+            })
+        ));
+        // A passphrase file others can read is refused like a key file.
+        fs::set_permissions(&right, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(
+            read_key_file(&path, Some(&right)),
+            Err(KeyFileError::Sealed {
+                error: SealError::PassphraseFile { .. },
+                ..
+            })
+        ));
+        // Tampered and truncated files.
+        let tampered = private_file(
+            dir.path(),
+            "tampered.key",
+            &text.replacen("\"ciphertext\": \"", "\"ciphertext\": \"00", 1),
+        );
+        fs::set_permissions(&right, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(
+            read_key_file(&tampered, Some(&right)),
+            Err(KeyFileError::Sealed {
+                error: SealError::Tampered,
+                ..
+            })
+        ));
+        let truncated = private_file(dir.path(), "truncated.key", &text[..text.len() / 2]);
+        assert!(matches!(
+            read_key_file(&truncated, Some(&right)),
+            Err(KeyFileError::Malformed { .. })
+        ));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(matches!(
+            read_key_file(&path, Some(&right)),
+            Err(KeyFileError::Permissions { .. })
         ));
     }
 }

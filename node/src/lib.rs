@@ -7,6 +7,18 @@
 //! * [`api`]: the HTTP API; [`mempool`], [`metrics`], [`config`], [`keys`].
 //! * [`node`]: wires it all together; [`cli`]: the `keyreg-node` commands.
 
+// No panic reachable from network, API or file input: outside tests, these
+// are errors; the few internal invariants that keep one say why, in place.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod admission;
 pub mod api;
 pub mod cli;

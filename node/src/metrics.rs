@@ -2,8 +2,34 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// Why the API turned a request away without serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// The global in-flight limit was reached (503).
+    Overloaded,
+    /// A client exceeded its look-up rate (429).
+    LookupRateLimited,
+    /// A client exceeded its submission rate (429).
+    SubmissionRateLimited,
+    /// The mempool or the admission queue was full (503 `busy`).
+    MempoolFull,
+}
+
+impl Rejection {
+    fn label(self) -> [(&'static str, &'static str); 1] {
+        let reason = match self {
+            Rejection::Overloaded => "overloaded",
+            Rejection::LookupRateLimited => "lookup_rate_limited",
+            Rejection::SubmissionRateLimited => "submission_rate_limited",
+            Rejection::MempoolFull => "mempool_full",
+        };
+        [("reason", reason)]
+    }
+}
 
 /// The node's metrics. Cloning shares the underlying values.
 #[derive(Clone)]
@@ -23,6 +49,8 @@ pub struct Metrics {
     pub peers: Gauge,
     /// Best known peer height minus our height (0 when caught up).
     pub sync_lag: Gauge,
+    /// API requests turned away, by reason.
+    api_rejected: Family<[(&'static str, &'static str); 1], Counter>,
 }
 
 impl Metrics {
@@ -35,6 +63,7 @@ impl Metrics {
         let round_timeouts = Counter::default();
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
+        let api_rejected = Family::default();
         registry.register(
             "height",
             "Height of the latest committed block",
@@ -62,6 +91,11 @@ impl Metrics {
             "Blocks between the best known peer height and ours",
             sync_lag.clone(),
         );
+        registry.register(
+            "api_rejected",
+            "API requests turned away (overload, rate limits, full mempool)",
+            api_rejected.clone(),
+        );
         Metrics {
             registry: std::sync::Arc::new(registry),
             height,
@@ -71,7 +105,17 @@ impl Metrics {
             round_timeouts,
             peers,
             sync_lag,
+            api_rejected,
         }
+    }
+
+    pub fn count_rejection(&self, reason: Rejection) {
+        self.api_rejected.get_or_create(&reason.label()).inc();
+    }
+
+    /// Requests turned away for `reason` so far.
+    pub fn rejections(&self, reason: Rejection) -> u64 {
+        self.api_rejected.get_or_create(&reason.label()).get()
     }
 
     /// The Prometheus text exposition of every metric.
@@ -98,6 +142,7 @@ mod tests {
         let m = Metrics::new();
         m.height.set(42);
         m.commits.inc();
+        m.count_rejection(Rejection::Overloaded);
         let text = m.render();
         for name in [
             "keyreg_height 42",
@@ -107,6 +152,7 @@ mod tests {
             "keyreg_round_timeouts_total 0",
             "keyreg_peers 0",
             "keyreg_sync_lag 0",
+            "keyreg_api_rejected_total{reason=\"overloaded\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

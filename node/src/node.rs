@@ -191,10 +191,14 @@ impl Shared {
         let checks = check_stateless_all(&self.chain_id, &txs);
         let mut mempool = self.mempool();
         for ((slot, tx), check) in decoded.into_iter().zip(checks) {
-            verdicts[slot] = match check {
+            let verdict = match check {
                 Err(e) => Err(SubmitError::Invalid(e)),
                 Ok(()) => mempool.insert(tx).map_err(SubmitError::from),
             };
+            // `slot` indexes the verdict pushed for this input above.
+            if let Some(slot) = verdicts.get_mut(slot) {
+                *slot = verdict;
+            }
         }
         self.metrics.mempool_size.set(mempool.len() as i64);
         verdicts
@@ -322,7 +326,7 @@ fn load_genesis(home: &Path) -> Result<Genesis, NodeError> {
 
 /// Opens the ledger under `<home>/data` and starts every task.
 pub async fn start(home: &Path, config: Config) -> Result<RunningNode, NodeError> {
-    let key = read_key_file(&home.join(KEY_FILE))?;
+    let key = read_key_file(&home.join(KEY_FILE), config.keys.passphrase_file.as_deref())?;
     let genesis = load_genesis(home)?;
     let store = Store::open(&home.join(DATA_DIR))?;
     let ledger = Ledger::open(store, &genesis)?;
@@ -412,7 +416,7 @@ async fn start_with(
         addr: config.api.listen,
         source,
     })?;
-    let router = api::router(shared.clone());
+    let router = api::router(shared.clone(), &config.api.limits);
     let mut api_shutdown = shutdown_rx.clone();
     let api_task = tokio::spawn(async move {
         let stop = async move {

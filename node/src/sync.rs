@@ -9,10 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use keyreg_consensus::codec::{Canonical, CodecError};
-use keyreg_consensus::Hash;
-use keyreg_registry::CommittedBlock;
+pub use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -25,48 +23,6 @@ pub const MAX_BLOCKS_PER_RESPONSE: u32 = 64;
 const SYNC_INTERVAL: Duration = Duration::from_millis(1000);
 /// Peers asked for their height per round.
 const PEERS_PER_ROUND: usize = 4;
-
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub enum SyncQuery {
-    /// The responder's head.
-    Status,
-    /// Committed blocks `from..from + limit` (fewer if the head is nearer or
-    /// the response would exceed the size limit).
-    Blocks { from: u64, limit: u32 },
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct SyncRequest {
-    pub version: u8,
-    pub query: SyncQuery,
-}
-
-impl Canonical for SyncRequest {
-    const VERSION: u8 = 1;
-    fn version(&self) -> u8 {
-        self.version
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub enum SyncReply {
-    Status { height: u64, head_hash: Hash },
-    Blocks(Vec<CommittedBlock>),
-    Error(String),
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
-pub struct SyncResponse {
-    pub version: u8,
-    pub reply: SyncReply,
-}
-
-impl Canonical for SyncResponse {
-    const VERSION: u8 = 1;
-    fn version(&self) -> u8 {
-        self.version
-    }
-}
 
 fn response(reply: SyncReply) -> Vec<u8> {
     SyncResponse {

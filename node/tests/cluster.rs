@@ -8,6 +8,8 @@
 //!
 //! Waits are bounded polls of node state with deadlines, never fixed sleeps.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,22 +29,12 @@ use keyreg_registry::{
     ValidatorInfo,
 };
 use serde_json::{json, Value};
+
+use common::{free_base_port, read_admin_key};
 use tokio::time::Instant;
 
 const CHAIN: &str = "cluster-test";
 const DEADLINE: Duration = Duration::from_secs(90);
-
-/// A base port with `count` consecutive free ports on loopback.
-fn free_base_port(count: u16) -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..500u16 {
-        let base = 20_000 + (seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(97))) % 30_000;
-        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range");
-}
 
 async fn start(home: &Path) -> RunningNode {
     let mut config = Config::load(home).unwrap();
@@ -223,13 +215,6 @@ async fn verify_chain(api: SocketAddr, genesis: &Genesis) -> (u64, u64) {
     }
 }
 
-fn read_admin_key(path: &Path) -> SigningKey {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(json["signing_seed"].as_str().unwrap(), &mut seed).unwrap();
-    SigningKey::from_seed(seed)
-}
-
 fn api(nodes: &[Option<RunningNode>], i: usize) -> SocketAddr {
     nodes[i].as_ref().unwrap().api_addr
 }
@@ -241,7 +226,7 @@ fn node(nodes: &[Option<RunningNode>], i: usize) -> &RunningNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(6);
+    let base = free_base_port(6, 7);
     let layout = generate_testnet(
         &TestnetSpec {
             validators: 4,
@@ -378,7 +363,7 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     let fifth_home = dir.path().join("newcomer");
     std::fs::create_dir_all(&fifth_home).unwrap();
     let fifth_key = SigningKey::generate().unwrap();
-    write_key_file(&fifth_home.join(KEY_FILE), &fifth_key).unwrap();
+    write_key_file(&fifth_home.join(KEY_FILE), &fifth_key, None).unwrap();
     std::fs::copy(homes[0].join(GENESIS_FILE), fifth_home.join(GENESIS_FILE)).unwrap();
     let fifth_address = format!("/ip4/127.0.0.1/tcp/{}", base + 5);
     let mut config = Config::default();

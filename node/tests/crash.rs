@@ -3,6 +3,8 @@
 //! node that rejoins, catches up and agrees with the others. Then the
 //! crashed node's ledger is exported for audit.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +19,8 @@ use keyreg_registry::export::ExportReader;
 use keyreg_registry::testkit::test_agreement_key;
 use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
 use serde_json::{json, Value};
+
+use common::{free_base_port, read_admin_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyreg-node");
 const CHAIN: &str = "crash-test";
@@ -48,21 +52,6 @@ fn spawn(home: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap()
-}
-
-fn free_base_port(count: u16) -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..500u16 {
-        let base = 20_000
-            + (seed
-                .wrapping_mul(13)
-                .wrapping_add(attempt.wrapping_mul(101)))
-                % 30_000;
-        if (0..count).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
-            return base;
-        }
-    }
-    panic!("no free port range");
 }
 
 /// GET or POST; `None` while the node is not serving (starting, killed).
@@ -117,17 +106,10 @@ fn registration(admin: &SigningKey, n: usize) -> Transaction {
     Transaction::new(CHAIN, TxBody::RegisterDevice(registration)).signed_by(&[admin])
 }
 
-fn read_admin_key(path: &Path) -> SigningKey {
-    let json: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut seed = [0u8; 32];
-    hex::decode_to_slice(json["signing_seed"].as_str().unwrap(), &mut seed).unwrap();
-    SigningKey::from_seed(seed)
-}
-
 #[test]
 fn sigkilled_validator_restarts_consistent_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(8);
+    let base = free_base_port(8, 13);
     let layout = generate_testnet(
         &TestnetSpec {
             validators: 4,

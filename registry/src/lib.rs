@@ -38,6 +38,7 @@ pub mod testkit;
 pub mod tree;
 pub mod tree_state;
 pub mod tx;
+pub mod wire;
 
 pub use block::{tx_root, Block, BlockError, CommittedBlock, Header, TxInclusionProof};
 pub use execute::{

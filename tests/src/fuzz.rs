@@ -17,7 +17,6 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use bincode::{Decode, Encode};
 use keyreg_client::light::CertifiedHeader;
 use keyreg_client::node::{
     parse_api_error, parse_block_answer, parse_block_page, parse_device_answer, parse_epoch_answer,
@@ -28,11 +27,15 @@ use keyreg_consensus::certificate::{verify_commit, CommitCertificate};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 use keyreg_consensus::engine::{Config, Engine, Event};
-use keyreg_consensus::messages::{decode_message, Evidence, MessageBody, Payload};
+use keyreg_consensus::messages::{decode_message, Evidence, MessageBody};
 use keyreg_consensus::validators::ValidatorSet;
 use keyreg_registry::tree::SparseMerkleProof;
+use keyreg_registry::wire::{
+    BlockValue, PageQuery, SubmitBody, SyncReply, SyncRequest, SyncResponse,
+};
 use keyreg_registry::{
-    tx_root, verify_device_proof, Block, CommittedBlock, DeviceProof, Genesis, Transaction,
+    tx_root, verify_device_proof, Block, CommittedBlock, DeviceName, DeviceProof, Genesis,
+    Transaction,
 };
 
 use crate::fixture::{fixture, name, Fixture, ABSENT, ACTIVE, CHAIN};
@@ -53,21 +56,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("session_hello", session_hello),
     ("session_handshake", session_handshake),
     ("genesis", genesis),
+    ("sync_message", sync_message),
+    ("http_request", http_request),
 ];
 
 /// Height the consensus engine under fuzz is at (epoch 1's first height).
 pub const ENGINE_HEIGHT: u64 = 4;
-
-/// A registry block as the consensus engine's payload: the same bytes on the
-/// wire as [`Block`] (a one-field tuple struct encodes as its field).
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub struct WireBlock(pub Block);
-
-impl Payload for WireBlock {
-    fn hash(&self) -> Hash {
-        self.0.hash()
-    }
-}
 
 fn assert_canonical<T: Canonical>(value: &T, input: &[u8]) {
     assert_eq!(
@@ -94,13 +88,13 @@ pub fn transaction(data: &[u8]) {
 /// block on the head). Also the same bytes as equivocation evidence.
 pub fn consensus_message(data: &[u8]) {
     let f = fixture();
-    if let Ok(message) = decode_message::<WireBlock>(data, Config::default().max_message_bytes) {
+    if let Ok(message) = decode_message::<BlockValue>(data, Config::default().max_message_bytes) {
         assert_canonical(&message, data);
         let verified = message.verify(CHAIN, &f.next_set);
         if let (Ok(_), MessageBody::Proposal(proposal)) = (&verified, &message.body) {
             let _ = f.ledger.validate(&proposal.value.0);
         }
-        let mut engine = Engine::<WireBlock>::new(
+        let mut engine = Engine::<BlockValue>::new(
             Config::default(),
             None,
             CHAIN,
@@ -389,5 +383,62 @@ pub fn genesis(data: &[u8]) {
         let _ = genesis.hash();
         let _ = genesis.validator_set();
         let _ = genesis.initial_state();
+    }
+}
+
+/// A block-sync message as the node decodes it: the bytes as a request
+/// (what the sync server answers) and as a response (what the sync client
+/// takes from a peer); synced blocks go through the committed-block check.
+pub fn sync_message(data: &[u8]) {
+    if let Ok(request) = SyncRequest::from_bytes(data) {
+        assert_canonical(&request, data);
+    }
+    if let Ok(response) = SyncResponse::from_bytes(data) {
+        assert_canonical(&response, data);
+        if let SyncReply::Blocks(blocks) = response.reply {
+            let f = fixture();
+            for committed in blocks {
+                check_committed_block(f, committed);
+            }
+        }
+    }
+}
+
+/// An HTTP request's untrusted parts as the node's API decodes them. The
+/// first byte picks the part: the `POST /v1/transactions` JSON body (then
+/// the transaction path of [`transaction`]), the `GET /v1/blocks` query
+/// string, the `org/name` of `GET /v1/devices/{org}/{name}`, or the hash of
+/// `GET /v1/transactions/{hash}`.
+pub fn http_request(data: &[u8]) {
+    let Some((&part, rest)) = data.split_first() else {
+        return;
+    };
+    match part % 4 {
+        0 => {
+            if let Ok(body) = serde_json::from_slice::<SubmitBody>(rest) {
+                if let Ok(tx) = body.tx_bytes() {
+                    transaction(&tx);
+                }
+            }
+        }
+        1 => {
+            if let Ok(query) = std::str::from_utf8(rest) {
+                let _ = serde_urlencoded::from_str::<PageQuery>(query);
+            }
+        }
+        2 => {
+            let name = std::str::from_utf8(rest).map(DeviceName::new);
+            if let Ok(Ok(name)) = name {
+                assert!(
+                    DeviceName::new(&name.to_string()).as_ref() == Ok(&name),
+                    "an accepted device name reads back as itself"
+                );
+            }
+        }
+        _ => {
+            if let Ok(hex) = std::str::from_utf8(rest) {
+                let _ = Hash::from_hex(hex);
+            }
+        }
     }
 }

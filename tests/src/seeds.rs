@@ -8,10 +8,11 @@ use keyreg_consensus::certificate::{VoteData, VoteKind};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::engine::proposer_index;
 use keyreg_consensus::messages::{Evidence, Message, ProposalData, Signed, SignedProposal};
+use keyreg_registry::wire::{BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse};
 use serde_json::json;
 
 use crate::fixture::{fixture, ACTIVE, CHAIN, PROOF_HEIGHT, REVOKED};
-use crate::fuzz::{WireBlock, ENGINE_HEIGHT};
+use crate::fuzz::ENGINE_HEIGHT;
 
 /// One seed: the target it belongs to, a file name, the bytes.
 pub struct Seed {
@@ -48,7 +49,7 @@ pub fn all() -> Vec<Seed> {
             .expect("every epoch-1 validator's key is in the fixture")
     };
     let proposer = key_of(proposer_index(set, ENGINE_HEIGHT, 0));
-    let value = WireBlock(f.proposal.clone());
+    let value = BlockValue(f.proposal.clone());
     let proposal = ProposalData {
         version: ProposalData::VERSION,
         chain_id: CHAIN.into(),
@@ -87,7 +88,7 @@ pub fn all() -> Vec<Seed> {
         out.push(seed(
             "consensus_message",
             label,
-            Message::<WireBlock>::vote(v.clone()).to_bytes(),
+            Message::<BlockValue>::vote(v.clone()).to_bytes(),
         ));
     }
     let evidence = Evidence::conflicting_votes(prevote, nil_prevote);
@@ -220,5 +221,62 @@ pub fn all() -> Vec<Seed> {
         "fixture",
         f.net.genesis.to_json().into_bytes(),
     ));
+
+    // Block sync: both requests, and both answers with the fixture's chain.
+    let request = |query| SyncRequest {
+        version: SyncRequest::VERSION,
+        query,
+    };
+    let response = |reply| SyncResponse {
+        version: SyncResponse::VERSION,
+        reply,
+    };
+    out.push(seed(
+        "sync_message",
+        "status-request",
+        request(SyncQuery::Status).to_bytes(),
+    ));
+    out.push(seed(
+        "sync_message",
+        "blocks-request",
+        request(SyncQuery::Blocks { from: 1, limit: 64 }).to_bytes(),
+    ));
+    let head = f.blocks.last().expect("the fixture has blocks");
+    out.push(seed(
+        "sync_message",
+        "status-response",
+        response(SyncReply::Status {
+            height: head.block.header.height,
+            head_hash: head.block.hash(),
+        })
+        .to_bytes(),
+    ));
+    out.push(seed(
+        "sync_message",
+        "blocks-response",
+        response(SyncReply::Blocks(f.blocks.clone())).to_bytes(),
+    ));
+
+    // HTTP: a submission body, a page query, a device path, a hash path
+    // (the first byte picks the part, see `fuzz::http_request`).
+    let tx = f
+        .transactions
+        .first()
+        .expect("the fixture has transactions");
+    let http = [
+        (
+            0u8,
+            "submit",
+            json!({"tx": hex_of(tx.to_bytes())}).to_string(),
+        ),
+        (1, "page-query", "from=2&limit=100".to_string()),
+        (2, "device-path", ACTIVE.to_string()),
+        (3, "tx-hash", tx.hash().to_hex()),
+    ];
+    for (part, label, text) in http {
+        let mut bytes = vec![part];
+        bytes.extend_from_slice(text.as_bytes());
+        out.push(seed("http_request", label, bytes));
+    }
     out
 }

@@ -8,6 +8,7 @@ use keyreg_consensus::engine::Config;
 use keyreg_consensus::messages::{decode_message, MessageError};
 use keyreg_registry::testkit::{commit_next, TestNet};
 use keyreg_registry::tx::MAX_TX_BYTES;
+use keyreg_registry::wire::BlockValue;
 use keyreg_registry::{
     verify_device_proof, DeviceProof, DeviceStatus, Ledger, MemLedgerStore, ProofCheckError,
     Transaction, TxBody, TxError,
@@ -15,7 +16,6 @@ use keyreg_registry::{
 use keyreg_tests::fixture::{
     fixture, name, registration, Fixture, ACTIVE, CHAIN, PROOF_HEIGHT, REVOKED,
 };
-use keyreg_tests::fuzz::WireBlock;
 
 /// A genuine certificate, cut from its header and stapled to another
 /// (another height, or the same height with another state root), proves
@@ -155,7 +155,7 @@ fn oversized_and_lying_length_inputs_are_rejected_before_decoding() {
     let limit = Config::default().max_message_bytes;
     let huge_message = vec![1u8; limit + 1];
     assert!(matches!(
-        decode_message::<WireBlock>(&huge_message, limit),
+        decode_message::<BlockValue>(&huge_message, limit),
         Err(MessageError::TooLarge { .. })
     ));
 

@@ -63,6 +63,20 @@ fn seeds_reach_the_deep_checks() {
                 let proof = DeviceProof::from_bytes(&seed.bytes).expect("seed proofs decode");
                 verify_device_proof(CHAIN, &f.set, &proof).expect("seed proofs verify");
             }
+            "sync_message" => {
+                use keyreg_registry::wire::{SyncRequest, SyncResponse};
+                assert!(
+                    SyncRequest::from_bytes(&seed.bytes).is_ok()
+                        || SyncResponse::from_bytes(&seed.bytes).is_ok(),
+                    "seed sync messages decode"
+                );
+            }
+            "http_request" if seed.bytes.first() == Some(&0) => {
+                let body: keyreg_registry::wire::SubmitBody =
+                    serde_json::from_slice(&seed.bytes[1..]).expect("seed bodies are JSON");
+                let tx = body.tx_bytes().expect("seed bodies hold hex");
+                Transaction::from_wire(&tx, CHAIN).expect("seed bodies hold valid transactions");
+            }
             _ => {}
         }
     }

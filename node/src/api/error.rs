@@ -1,6 +1,9 @@
 //! The API's error body: `{"error": {"code": "<snake_case>", "message": "<one line>"}}`.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use std::time::Duration;
+
+use axum::http::header::RETRY_AFTER;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: String,
     pub message: String,
+    /// Sent as `Retry-After` (whole seconds, at least 1) with "busy" answers.
+    pub retry_after: Option<Duration>,
 }
 
 impl ApiError {
@@ -20,7 +25,13 @@ impl ApiError {
             code: code.into(),
             // One line, as the contract says.
             message: message.to_string().replace('\n', " "),
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
     }
 
     pub fn bad_request(code: impl Into<String>, message: impl ToString) -> Self {
@@ -39,7 +50,16 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            // Rounded up: a client retrying after the header's whole seconds
+            // finds a token.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, seconds.max(1).into());
+        }
+        response
     }
 }
 

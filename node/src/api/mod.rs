@@ -5,6 +5,7 @@
 //! 1 MiB. Ledger reads run on the blocking pool, never on the async workers.
 
 mod error;
+mod limits;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,14 +19,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::Hash;
+use keyreg_registry::wire::{PageQuery, SubmitBody};
 use keyreg_registry::{DeviceName, LedgerError, TxError};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
 
+use crate::config::ApiLimits;
 use crate::epochs;
+use crate::metrics::Rejection;
 use crate::node::{Shared, SubmitError};
 
 /// Largest request body accepted (the contract's 1 MiB).
@@ -42,7 +45,9 @@ fn ok(body: Value) -> ApiResult {
     Ok((StatusCode::OK, Json(body)))
 }
 
-pub fn router(shared: Arc<Shared>) -> Router {
+/// The API's routes behind its limits (see [`limits`]).
+pub fn router(shared: Arc<Shared>, limits: &ApiLimits) -> Router {
+    let limiter = Arc::new(limits::Limiter::new(limits, shared.metrics.clone()));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
@@ -55,6 +60,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/epochs/{epoch}", get(epoch))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(limiter, limits::limit))
         .with_state(shared)
 }
 
@@ -123,7 +129,8 @@ fn submit_error(e: SubmitError) -> ApiError {
         SubmitError::Malformed(_) => ApiError::bad_request("malformed", &e),
         SubmitError::Invalid(tx_error) => ApiError::bad_request(tx_error_code(tx_error), &e),
         SubmitError::AlreadyKnown => ApiError::new(StatusCode::CONFLICT, "already_known", &e),
-        SubmitError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", &e),
+        SubmitError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", &e)
+            .with_retry_after(std::time::Duration::from_secs(1)),
         SubmitError::Internal(_) => ApiError::internal(&e),
     }
 }
@@ -165,19 +172,20 @@ async fn status(State(shared): State<Arc<Shared>>) -> ApiResult {
     ok(body)
 }
 
-#[derive(Deserialize)]
-struct SubmitBody {
-    tx: String,
-}
-
 async fn submit_transaction(
     State(shared): State<Arc<Shared>>,
     body: Result<Json<SubmitBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body?;
-    let bytes = hex::decode(&body.tx)
+    let bytes = body
+        .tx_bytes()
         .map_err(|e| ApiError::bad_request("bad_hex", format!("tx is not hex: {e}")))?;
-    let hash = shared.submit(bytes).await.map_err(submit_error)?;
+    let hash = shared.submit(bytes).await.map_err(|e| {
+        if matches!(e, SubmitError::Busy) {
+            shared.metrics.count_rejection(Rejection::MempoolFull);
+        }
+        submit_error(e)
+    })?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"hash": hash.to_hex(), "status": "pending"})),
@@ -254,12 +262,6 @@ async fn block(
     })
     .await?;
     ok(body)
-}
-
-#[derive(Deserialize)]
-struct PageQuery {
-    from: Option<u64>,
-    limit: Option<u32>,
 }
 
 async fn blocks_page(

@@ -127,7 +127,7 @@ fn run() -> anyhow::Result<()> {
     let node_bin = args.node_bin.clone().map_or_else(default_node_bin, Ok)?;
     let mut net = LocalTestnet::generate(&node_bin, 1, args.dir.as_deref())?;
     let genesis = Genesis::from_json(&std::fs::read_to_string(net.dir().join("genesis.json"))?)?;
-    let validator = read_key_file(&net.home(0).join("node.key"))?;
+    let validator = read_key_file(&net.home(0).join("node.key"), None)?;
     let admin = AdminKey::load(&net.dir().join("demo-admin.key"))?;
     let data = net.home(0).join("data");
     println!(

@@ -1,0 +1,295 @@
+//! A flood of look-ups and transactions against a 4-validator in-process
+//! cluster with tight API limits: the flooders get 429 (per-client rate) and
+//! 503 (global in-flight bound) answers, while the nodes keep committing, an
+//! honest client's transactions sent during the flood are committed, and
+//! every node still answers afterwards.
+//!
+//! Flooders and the honest client are separate loopback addresses
+//! (127.0.0.1 floods, 127.0.0.2 is honest, 127.0.1.x spray), so per-client
+//! limits tell them apart. Every loop is bounded by a request count; waits
+//! are bounded polls, and nothing asserts on speed.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyreg_consensus::codec::Canonical;
+use keyreg_consensus::crypto::Domain;
+use keyreg_consensus::{Hash, SigningKey};
+use keyreg_node::cli::{generate_testnet, TestnetSpec, DEMO_ADMIN_KEY_FILE};
+use keyreg_node::config::{ApiLimits, Config, Overrides};
+use keyreg_node::metrics::Rejection;
+use keyreg_node::node::{self, RunningNode};
+use keyreg_registry::testkit::test_agreement_key;
+use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+
+use common::{free_base_port, read_admin_key};
+
+const CHAIN: &str = "flood-test";
+const DEADLINE: Duration = Duration::from_secs(120);
+const FLOODER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+const HONEST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// Limits far below what the flood sends, so it is turned away whatever the
+/// machine's speed.
+fn tight_limits() -> ApiLimits {
+    ApiLimits {
+        max_in_flight: 2,
+        lookups_per_second: 2,
+        lookup_burst: 10,
+        submissions_per_second: 2,
+        submission_burst: 10,
+        max_tracked_clients: 32,
+        exempt_loopback: false,
+    }
+}
+
+async fn start(home: &Path) -> RunningNode {
+    let mut config = Config::load(home).unwrap();
+    config
+        .apply(Overrides {
+            api_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+    config.consensus.min_block_interval_ms = 100;
+    config.consensus.heartbeat_interval_ms = 1000;
+    config.consensus.timeout_propose_ms = 1000;
+    config.consensus.timeout_vote_ms = 500;
+    config.mempool.max_txs = 300;
+    config.api.limits = tight_limits();
+    node::start(home, config).await.unwrap()
+}
+
+/// One HTTP/1.1 request from `source` (connection closed after it): the
+/// status, or 0 when the connection failed. The answer's size is bounded.
+async fn http(source: IpAddr, api: SocketAddr, method: &str, path: &str, body: &str) -> u16 {
+    let exchange = async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0))?;
+        let mut stream = socket.connect(api).await?;
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::new();
+        (&mut stream).take(1 << 20).read_to_end(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match exchange.await {
+        Ok(response) => String::from_utf8_lossy(&response)
+            .split(' ')
+            .nth(1)
+            .and_then(|status| status.parse().ok())
+            .unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+/// Answers seen by the flooders, by status.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    rate_limited: AtomicU64,
+    unavailable: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Tally {
+    fn count(&self, status: u16) {
+        match status {
+            200..=299 => &self.ok,
+            429 => &self.rate_limited,
+            503 => &self.unavailable,
+            _ => &self.other,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn registration(admin: &SigningKey, label: &str) -> Transaction {
+    let device = SigningKey::from_seed(*blake3::hash(label.as_bytes()).as_bytes());
+    let registration = DeviceRegistration::new_signed(
+        CHAIN,
+        DeviceName::new(&format!("demo/{label}")).unwrap(),
+        &device,
+        test_agreement_key(label),
+        Some(device.public().digest(Domain::DeviceKey)),
+        None,
+        Default::default(),
+    );
+    Transaction::new(CHAIN, TxBody::RegisterDevice(registration)).signed_by(&[admin])
+}
+
+fn submit_body(tx: &Transaction) -> String {
+    format!("{{\"tx\":\"{}\"}}", hex::encode(tx.to_bytes()))
+}
+
+/// Submits `tx` from the honest address until accepted, retrying "busy"
+/// answers (bounded).
+async fn submit_honestly(api: SocketAddr, tx: &Transaction) {
+    let body = submit_body(tx);
+    for _ in 0..600 {
+        match http(HONEST, api, "POST", "/v1/transactions", &body).await {
+            // Accepted, or accepted by an earlier try whose answer was lost.
+            202 | 409 => return,
+            429 | 503 | 0 => tokio::time::sleep(Duration::from_millis(100)).await,
+            status => panic!("honest submission refused with {status}"),
+        }
+    }
+    panic!("honest submission never accepted");
+}
+
+fn committed(node: &RunningNode, hash: &Hash) -> bool {
+    matches!(node.shared.read_ledger().tx_location(hash), Ok(Some(loc)) if loc.result.is_ok())
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base_port(4, 11);
+    let layout = generate_testnet(
+        &TestnetSpec {
+            validators: 4,
+            observers: 0,
+            base_port: base,
+            api_base_port: base,
+            host_template: "127.0.0.1".into(),
+            chain_id: CHAIN.into(),
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let mut nodes = Vec::new();
+    for n in &layout {
+        nodes.push(start(&n.home).await);
+    }
+    wait_for("first blocks", || {
+        nodes.iter().all(|n| n.shared.height() >= 2)
+    })
+    .await;
+    let apis: Vec<SocketAddr> = nodes.iter().map(|n| n.api_addr).collect();
+    let height_before = nodes[0].shared.height();
+
+    let tally = Arc::new(Tally::default());
+    let mut flood = tokio::task::JoinSet::new();
+    // Look-up floods from one address against nodes 0 and 1.
+    for task in 0..8 {
+        let (tally, api) = (tally.clone(), apis[task % 2]);
+        flood.spawn(async move {
+            for i in 0..300 {
+                let path = match i % 3 {
+                    0 => "/v1/status".to_string(),
+                    1 => format!("/v1/devices/demo/probe-{i}"),
+                    _ => format!("/v1/blocks?from={}&limit=100", i % 7 + 1),
+                };
+                tally.count(http(FLOODER, api, "GET", &path, "").await);
+            }
+        });
+    }
+    // Transaction floods from the same address: valid registrations (they
+    // fill the mempool) and garbage.
+    let flood_txs: Vec<String> = (0..1200)
+        .map(|i| submit_body(&registration(&admin, &format!("flood-{i}"))))
+        .collect();
+    for (task, chunk) in flood_txs.chunks(300).enumerate() {
+        let (tally, api, chunk) = (tally.clone(), apis[task % 2], chunk.to_vec());
+        flood.spawn(async move {
+            for (i, body) in chunk.iter().enumerate() {
+                let body = if i % 5 == 4 {
+                    "{\"tx\":\"00zz\"}"
+                } else {
+                    body
+                };
+                tally.count(http(FLOODER, api, "POST", "/v1/transactions", body).await);
+            }
+        });
+    }
+    // A spray from many addresses at once: each has a full bucket, so they
+    // reach the global in-flight bound, and they churn the bounded map.
+    for host in 1..=96u8 {
+        let (tally, api) = (tally.clone(), apis[usize::from(host) % 2]);
+        flood.spawn(async move {
+            let source = IpAddr::from([127, 0, 1, host]);
+            for i in 0..6 {
+                let path = format!("/v1/devices/demo/spray-{host}-{i}");
+                tally.count(http(source, api, "GET", &path, "").await);
+            }
+        });
+    }
+
+    // Meanwhile an honest client submits through the flooded node 0.
+    let honest: Vec<Transaction> = (0..5)
+        .map(|i| registration(&admin, &format!("honest-{i}")))
+        .collect();
+    for tx in &honest {
+        submit_honestly(apis[0], tx).await;
+    }
+    while let Some(result) = flood.join_next().await {
+        result.expect("a flood task panicked");
+    }
+
+    let rate_limited = tally.rate_limited.load(Ordering::Relaxed);
+    let unavailable = tally.unavailable.load(Ordering::Relaxed);
+    eprintln!(
+        "flood answers: {} served, {rate_limited} x 429, {unavailable} x 503, {} other",
+        tally.ok.load(Ordering::Relaxed),
+        tally.other.load(Ordering::Relaxed)
+    );
+    assert!(
+        rate_limited > 0,
+        "the flooding address was never rate limited"
+    );
+    assert!(unavailable > 0, "the in-flight bound never answered 503");
+    assert!(
+        tally.ok.load(Ordering::Relaxed) > 0,
+        "nothing was served at all"
+    );
+    let metrics = &nodes[0].shared.metrics;
+    assert!(
+        metrics.rejections(Rejection::LookupRateLimited) > 0
+            && metrics.rejections(Rejection::SubmissionRateLimited) > 0,
+        "rejections are counted"
+    );
+
+    // Every honest transaction is committed on every node, and the chain
+    // moves on after the flood.
+    for tx in &honest {
+        let hash = tx.hash();
+        wait_for("honest transactions committed everywhere", || {
+            nodes.iter().all(|n| committed(n, &hash))
+        })
+        .await;
+    }
+    let height_after_flood = nodes[0].shared.height();
+    assert!(height_after_flood > height_before);
+    wait_for("blocks after the flood", || {
+        nodes.iter().all(|n| n.shared.height() > height_after_flood)
+    })
+    .await;
+    for api in &apis {
+        assert_eq!(http(HONEST, *api, "GET", "/healthz", "").await, 200);
+        assert_eq!(http(HONEST, *api, "GET", "/v1/status", "").await, 200);
+    }
+    for node in nodes {
+        node.stop().await.unwrap();
+    }
+}

@@ -89,6 +89,9 @@ pub struct ApiConfig {
 pub struct ApiLimits {
     /// Requests handled at once, over all clients.
     pub max_in_flight: usize,
+    /// Longest a request may take once admitted, reading its body included
+    /// (408 beyond), so slow clients cannot pin the in-flight slots.
+    pub request_timeout_ms: u64,
     /// Sustained `GET` requests per second per client address (IPv6: per /64).
     pub lookups_per_second: u32,
     /// Look-ups a client may make at once after being idle.
@@ -170,6 +173,7 @@ impl Default for ApiLimits {
     fn default() -> Self {
         ApiLimits {
             max_in_flight: 256,
+            request_timeout_ms: 10_000,
             lookups_per_second: 100,
             lookup_burst: 200,
             submissions_per_second: 200,
@@ -290,6 +294,7 @@ impl Config {
         let l = &self.api.limits;
         for (key, value) in [
             ("api.limits.max_in_flight", l.max_in_flight as u64),
+            ("api.limits.request_timeout_ms", l.request_timeout_ms),
             ("api.limits.lookups_per_second", l.lookups_per_second.into()),
             ("api.limits.lookup_burst", l.lookup_burst.into()),
             (

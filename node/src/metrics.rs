@@ -17,6 +17,8 @@ pub enum Rejection {
     SubmissionRateLimited,
     /// The mempool or the admission queue was full (503 `busy`).
     MempoolFull,
+    /// An admitted request ran out of time, e.g. a body sent too slowly (408).
+    TimedOut,
 }
 
 impl Rejection {
@@ -26,6 +28,7 @@ impl Rejection {
             Rejection::LookupRateLimited => "lookup_rate_limited",
             Rejection::SubmissionRateLimited => "submission_rate_limited",
             Rejection::MempoolFull => "mempool_full",
+            Rejection::TimedOut => "timed_out",
         };
         [("reason", reason)]
     }

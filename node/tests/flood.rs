@@ -48,6 +48,7 @@ fn tight_limits() -> ApiLimits {
         submission_burst: 10,
         max_tracked_clients: 32,
         exempt_loopback: false,
+        ..ApiLimits::default()
     }
 }
 

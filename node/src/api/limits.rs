@@ -4,6 +4,8 @@
 //!   answered 503 `overloaded` at once (never queued), so a flood cannot
 //!   build an unbounded backlog of blocking ledger reads that starve the
 //!   consensus driver.
+//! * A deadline per admitted request (body included): a client trickling
+//!   its body cannot hold a slot for longer (408 `timeout`).
 //! * Per-client token buckets, one for look-ups (`GET`) and one for
 //!   submissions (`POST /v1/transactions`): beyond its rate a client gets
 //!   429 `rate_limited` with `Retry-After`. Clients are keyed by IP address
@@ -121,6 +123,7 @@ fn client_key(ip: IpAddr) -> IpAddr {
 /// The API's limits, shared by every request.
 pub struct Limiter {
     in_flight: Arc<Semaphore>,
+    request_timeout: Duration,
     lookups: ClientRateLimiter,
     submissions: ClientRateLimiter,
     exempt_loopback: bool,
@@ -131,6 +134,7 @@ impl Limiter {
     pub fn new(limits: &ApiLimits, metrics: Metrics) -> Self {
         Limiter {
             in_flight: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            request_timeout: Duration::from_millis(limits.request_timeout_ms),
             lookups: ClientRateLimiter::new(
                 limits.lookups_per_second,
                 limits.lookup_burst,
@@ -181,7 +185,7 @@ fn is_exempt(path: &str) -> bool {
 }
 
 /// The middleware: per-client rate, then a global in-flight slot held until
-/// the response is ready.
+/// the response is ready or the request's deadline passes.
 pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: Next) -> Response {
     if is_exempt(request.uri().path()) {
         return next.run(request).await;
@@ -205,7 +209,18 @@ pub async fn limit(State(limiter): State<Arc<Limiter>>, request: Request, next: 
         .with_retry_after(Duration::from_secs(1))
         .into_response();
     };
-    next.run(request).await
+    match tokio::time::timeout(limiter.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            limiter.metrics.count_rejection(Rejection::TimedOut);
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "timeout",
+                "the request took too long (a body sent too slowly?)",
+            )
+            .into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +300,70 @@ mod tests {
             limiter.check(busy, later).is_ok() && limiter.check(busy, later).is_err(),
             "the busy client kept its partly refilled bucket (1.5 tokens)"
         );
+    }
+
+    /// Sends a request whose body never arrives, holding the only slot, and
+    /// returns the status the node answers.
+    async fn stalled_request(addr: SocketAddr) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 12];
+        stream.read_exact(&mut answer).await.unwrap();
+        String::from_utf8(answer).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_cannot_hold_the_in_flight_slot() {
+        use axum::routing::post;
+        let limits = ApiLimits {
+            max_in_flight: 1,
+            request_timeout_ms: 2000,
+            exempt_loopback: true,
+            ..ApiLimits::default()
+        };
+        let limiter = Arc::new(Limiter::new(&limits, Metrics::new()));
+        let router = axum::Router::new()
+            .route("/echo", post(|body: String| async move { body }))
+            .layer(axum::middleware::from_fn_with_state(limiter.clone(), limit));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+
+        // The stalled request holds the slot: a concurrent one is shed ...
+        let stalled = tokio::spawn(stalled_request(addr));
+        for _ in 0..1000 {
+            if limiter.in_flight.available_permits() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            limiter.in_flight.available_permits(),
+            0,
+            "the slot is taken"
+        );
+        assert_eq!(ureq_status(addr).await, 503);
+        // ... until its deadline frees the slot.
+        assert_eq!(stalled.await.unwrap(), "HTTP/1.1 408");
+        assert_eq!(ureq_status(addr).await, 200);
+        assert_eq!(limiter.metrics.rejections(Rejection::TimedOut), 1);
+        assert!(limiter.metrics.rejections(Rejection::Overloaded) >= 1);
+    }
+
+    async fn ureq_status(addr: SocketAddr) -> u16 {
+        tokio::task::spawn_blocking(move || {
+            match ureq::post(&format!("http://{addr}/echo")).send_string("hi") {
+                Ok(response) => response.status(),
+                Err(ureq::Error::Status(status, _)) => status,
+                Err(e) => panic!("transport error: {e}"),
+            }
+        })
+        .await
+        .unwrap()
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The node's wire messages that need neither storage nor networking: the
-//! consensus payload gossiped in proposals, block-sync requests and
-//! responses, and the HTTP API's request bodies.
+//! consensus payload gossiped in proposals, gossiped transaction batches,
+//! block-sync requests and responses, and the HTTP API's request bodies.
 //!
 //! They live here, not in `keyreg-node`, so the fuzz targets decode them with
 //! the node's own types and functions without building RocksDB or libp2p.
@@ -10,7 +10,9 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::messages::Payload;
 use keyreg_consensus::Hash;
 use serde::Deserialize;
+use thiserror::Error;
 
+use crate::tx::MAX_TX_BYTES;
 use crate::{Block, CommittedBlock};
 
 /// A block as the consensus engine's value: consensus votes for its header
@@ -86,4 +88,115 @@ impl SubmitBody {
 pub struct PageQuery {
     pub from: Option<u64>,
     pub limit: Option<u32>,
+}
+
+/// Most transactions in one gossiped batch.
+pub const MAX_TXS_PER_BATCH: usize = 512;
+/// Most payload bytes of one batch the batcher builds: room for a
+/// largest transaction, and under the gossip payload limit.
+pub const MAX_TX_BATCH_BYTES: usize = 2 * MAX_TX_BYTES;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TxBatchError {
+    #[error("batch is truncated")]
+    Truncated,
+    #[error("batch holds {0} transactions (1..={MAX_TXS_PER_BATCH} allowed)")]
+    Count(u32),
+    #[error("transaction of {0} bytes in a batch (1..={MAX_TX_BYTES} allowed)")]
+    Length(u32),
+    #[error("{0} bytes after the last transaction")]
+    Trailing(usize),
+}
+
+/// Encodes a batch of gossiped transactions (topic `keyreg/<chain>/tx`):
+/// `count: u32 LE`, then `count` times `len: u32 LE` and the transaction's
+/// canonical bytes; `1 <= count <=` [`MAX_TXS_PER_BATCH`], `1 <= len <=
+/// MAX_TX_BYTES`, no bytes after the last transaction. One batch has one
+/// encoding. `txs` must respect those bounds (the node batches only
+/// transactions it admitted).
+pub fn encode_tx_batch(txs: &[Vec<u8>]) -> Vec<u8> {
+    debug_assert!((1..=MAX_TXS_PER_BATCH).contains(&txs.len()));
+    let mut out = Vec::with_capacity(4 + txs.iter().map(|t| 4 + t.len()).sum::<usize>());
+    out.extend_from_slice(&(txs.len() as u32).to_le_bytes());
+    for tx in txs {
+        debug_assert!((1..=MAX_TX_BYTES).contains(&tx.len()));
+        out.extend_from_slice(&(tx.len() as u32).to_le_bytes());
+        out.extend_from_slice(tx);
+    }
+    out
+}
+
+/// Splits a gossiped batch into its transactions' bytes (not yet decoded).
+pub fn decode_tx_batch(payload: &[u8]) -> Result<Vec<&[u8]>, TxBatchError> {
+    let (count, mut rest) = read_u32(payload)?;
+    if count == 0 || count as usize > MAX_TXS_PER_BATCH {
+        return Err(TxBatchError::Count(count));
+    }
+    let mut txs = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let (len, after) = read_u32(rest)?;
+        if len == 0 || len as usize > MAX_TX_BYTES {
+            return Err(TxBatchError::Length(len));
+        }
+        let (tx, after) = after
+            .split_at_checked(len as usize)
+            .ok_or(TxBatchError::Truncated)?;
+        txs.push(tx);
+        rest = after;
+    }
+    if !rest.is_empty() {
+        return Err(TxBatchError::Trailing(rest.len()));
+    }
+    Ok(txs)
+}
+
+fn read_u32(bytes: &[u8]) -> Result<(u32, &[u8]), TxBatchError> {
+    let (head, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(TxBatchError::Truncated)?;
+    Ok((u32::from_le_bytes(*head), rest))
+}
+
+#[cfg(test)]
+mod tx_batch_tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip() {
+        let txs = vec![vec![1u8; 3], vec![2u8; 1], vec![3u8; 300]];
+        let encoded = encode_tx_batch(&txs);
+        let decoded = decode_tx_batch(&encoded).unwrap();
+        assert_eq!(decoded, txs.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn malformed_batches_are_rejected() {
+        let good = encode_tx_batch(&[vec![7u8; 10], vec![8u8; 5]]);
+        // Every strict prefix is truncated (or, cut between entries, short).
+        for cut in 0..good.len() {
+            assert!(
+                decode_tx_batch(&good[..cut]).is_err(),
+                "prefix of {cut} bytes"
+            );
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(decode_tx_batch(&trailing), Err(TxBatchError::Trailing(1)));
+        assert_eq!(
+            decode_tx_batch(&0u32.to_le_bytes()),
+            Err(TxBatchError::Count(0))
+        );
+        let too_many = (MAX_TXS_PER_BATCH as u32 + 1).to_le_bytes();
+        assert_eq!(
+            decode_tx_batch(&too_many),
+            Err(TxBatchError::Count(MAX_TXS_PER_BATCH as u32 + 1))
+        );
+        // A length prefix beyond the limit is refused before any allocation.
+        let mut huge = 1u32.to_le_bytes().to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode_tx_batch(&huge), Err(TxBatchError::Length(u32::MAX)));
+        let mut empty_tx = 1u32.to_le_bytes().to_vec();
+        empty_tx.extend_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_tx_batch(&empty_tx), Err(TxBatchError::Length(0)));
+    }
 }

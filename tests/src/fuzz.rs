@@ -31,7 +31,8 @@ use keyreg_consensus::messages::{decode_message, Evidence, MessageBody};
 use keyreg_consensus::validators::ValidatorSet;
 use keyreg_registry::tree::SparseMerkleProof;
 use keyreg_registry::wire::{
-    BlockValue, PageQuery, SubmitBody, SyncReply, SyncRequest, SyncResponse,
+    decode_tx_batch, encode_tx_batch, BlockValue, PageQuery, SubmitBody, SyncReply, SyncRequest,
+    SyncResponse,
 };
 use keyreg_registry::{
     tx_root, verify_device_proof, Block, CommittedBlock, DeviceName, DeviceProof, Genesis,
@@ -58,6 +59,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("genesis", genesis),
     ("sync_message", sync_message),
     ("http_request", http_request),
+    ("tx_batch", tx_batch),
 ];
 
 /// Height the consensus engine under fuzz is at (epoch 1's first height).
@@ -383,6 +385,24 @@ pub fn genesis(data: &[u8]) {
         let _ = genesis.hash();
         let _ = genesis.validator_set();
         let _ = genesis.initial_state();
+    }
+}
+
+/// A gossiped transaction batch as the node's admission decodes it:
+/// `decode_tx_batch` (an accepted batch re-encodes to itself), then every
+/// transaction in it down the [`transaction`] path.
+pub fn tx_batch(data: &[u8]) {
+    let Ok(txs) = decode_tx_batch(data) else {
+        return;
+    };
+    let owned: Vec<Vec<u8>> = txs.iter().map(|tx| tx.to_vec()).collect();
+    assert_eq!(
+        encode_tx_batch(&owned),
+        data,
+        "an accepted batch re-encodes to itself"
+    );
+    for tx in txs {
+        transaction(tx);
     }
 }
 

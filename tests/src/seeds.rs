@@ -8,7 +8,9 @@ use keyreg_consensus::certificate::{VoteData, VoteKind};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::engine::proposer_index;
 use keyreg_consensus::messages::{Evidence, Message, ProposalData, Signed, SignedProposal};
-use keyreg_registry::wire::{BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse};
+use keyreg_registry::wire::{
+    encode_tx_batch, BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse,
+};
 use serde_json::json;
 
 use crate::fixture::{fixture, ACTIVE, CHAIN, PROOF_HEIGHT, REVOKED};
@@ -255,6 +257,14 @@ pub fn all() -> Vec<Seed> {
         "sync_message",
         "blocks-response",
         response(SyncReply::Blocks(f.blocks.clone())).to_bytes(),
+    ));
+
+    // A gossiped batch of the fixture's transactions.
+    let batch: Vec<Vec<u8>> = f.transactions.iter().map(Canonical::to_bytes).collect();
+    out.push(seed(
+        "tx_batch",
+        "fixture-transactions",
+        encode_tx_batch(&batch),
     ));
 
     // HTTP: a submission body, a page query, a device path, a hash path

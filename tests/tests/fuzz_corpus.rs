@@ -71,6 +71,14 @@ fn seeds_reach_the_deep_checks() {
                     "seed sync messages decode"
                 );
             }
+            "tx_batch" => {
+                let txs = keyreg_registry::wire::decode_tx_batch(&seed.bytes)
+                    .expect("seed batches decode");
+                for tx in txs {
+                    Transaction::from_wire(tx, CHAIN)
+                        .expect("seed batches hold valid transactions");
+                }
+            }
             "http_request" if seed.bytes.first() == Some(&0) => {
                 let body: keyreg_registry::wire::SubmitBody =
                     serde_json::from_slice(&seed.bytes[1..]).expect("seed bodies are JSON");

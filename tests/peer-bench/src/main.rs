@@ -24,7 +24,7 @@ const TREES: [&str; 4] = ["keyreg", "jmt-blake3", "jmt-sha256", "akd"];
 
 const USAGE: &str = "usage: peer-bench [--trees keyreg,jmt-blake3,jmt-sha256,akd] [--entries 10000,1000000,10000000]
   [--csv docs/bench-data/peer-trees.csv] [--value-len 300] [--load-batch 100000]
-  [--small-batches 20] [--large-batches 1] [--proofs 10000]
+  [--small-batches 20] [--large-batches 1] [--insert-batches 20] [--proofs 10000]
   [--max-load-seconds 900] [--max-rss-gb 16] [--max-run-seconds 1800] [--table-only]";
 
 struct Options {
@@ -49,6 +49,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             load_batch: 100_000,
             small_batches: 20,
             large_batches: 1,
+            insert_batches: 20,
             proofs: 10_000,
             max_load_seconds: 900.0,
             max_rss_bytes: 16_000_000_000,
@@ -90,6 +91,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--load-batch" => plan.load_batch = number()?.max(1) as usize,
             "--small-batches" => plan.small_batches = number()?.max(1) as usize,
             "--large-batches" => plan.large_batches = number()?.max(1) as usize,
+            "--insert-batches" => plan.insert_batches = number()?.max(1) as usize,
             "--proofs" => plan.proofs = number()?.max(1) as usize,
             "--max-load-seconds" => plan.max_load_seconds = number()? as f64,
             "--max-rss-gb" => plan.max_rss_bytes = number()?.saturating_mul(1_000_000_000),

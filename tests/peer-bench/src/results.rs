@@ -176,25 +176,33 @@ pub fn markdown(rows: &[Row], trees: &[String], sizes: &[u64]) -> String {
         let _ = writeln!(out, "|---|{}", "---|".repeat(trees.len()));
         // Why a cell is empty, numbered; the same reason gets one number.
         let mut notes: Vec<String> = Vec::new();
-        let mut cell =
-            |tree: &str, metric: &str, unit: &str, text: &dyn Fn(f64) -> String| match find(
-                rows, tree, entries, metric, unit,
-            ) {
+        let mut number = |note: String| match notes.iter().position(|n| *n == note) {
+            Some(i) => i + 1,
+            None => {
+                notes.push(note);
+                notes.len()
+            }
+        };
+        let mut cell = |tree: &str, metric: &str, unit: &str, text: &dyn Fn(f64) -> String| {
+            match find(rows, tree, entries, metric, unit) {
                 Some(Row { value: Some(v), .. }) => text(*v),
                 Some(Row {
                     value: None, note, ..
-                }) => {
-                    let index = match notes.iter().position(|n| n == note) {
-                        Some(i) => i,
-                        None => {
-                            notes.push(note.clone());
-                            notes.len() - 1
-                        }
-                    };
-                    format!("n/a [{}]", index + 1)
-                }
-                None => "-".to_string(),
-            };
+                }) => format!("n/a [{}]", number(note.clone())),
+                // No row: the run stopped early (its status row says why) or never ran.
+                None => match find(rows, tree, entries, RUN, "status") {
+                    Some(Row {
+                        value: None, note, ..
+                    }) => {
+                        format!(
+                            "infeasible [{}]",
+                            number(format!("{tree} at this size: {note}"))
+                        )
+                    }
+                    _ => "-".to_string(),
+                },
+            }
+        };
         for (metric, label) in RATES {
             let cells: Vec<String> = trees
                 .iter()
@@ -246,14 +254,6 @@ pub fn markdown(rows: &[Row], trees: &[String], sizes: &[u64]) -> String {
             "| load average while measuring | {} |",
             loads.join(" | ")
         );
-        for tree in trees {
-            if let Some(Row {
-                note, value: None, ..
-            }) = find(rows, tree, entries, RUN, "status")
-            {
-                notes.push(format!("{tree} at this size: {note}"));
-            }
-        }
         if !notes.is_empty() {
             out.push('\n');
             for (i, note) in notes.iter().enumerate() {

@@ -41,26 +41,36 @@ fn color(index: usize) -> RGBColor {
     PALETTE.get(index % PALETTE.len()).copied().unwrap_or(BLACK)
 }
 
-/// Both axes logarithmic when `log_y`, else a linear y from 0.
+/// The x (entries, devices) of a figure's data, the same for all its
+/// panels so that they line up: (min, max).
+fn x_span(xs: impl Iterator<Item = f64>) -> Result<(f64, f64)> {
+    let xs: Vec<f64> = xs.filter(|x| *x > 0.0).collect();
+    match (
+        xs.iter().copied().reduce(f64::min),
+        xs.iter().copied().reduce(f64::max),
+    ) {
+        (Some(lo), Some(hi)) => Ok((lo, hi)),
+        _ => bail!("no positive x values to plot"),
+    }
+}
+
+/// A log x axis over `x_span`; y logarithmic when `log_y`, else linear from 0.
 fn panel(
     area: &Area,
     title: &str,
-    x_label: &str,
+    (x_label, x_span): (&str, (f64, f64)),
     y_label: &str,
     series: &[Series],
     log_y: bool,
 ) -> Result<()> {
     let points = || series.iter().flat_map(|s| s.points.iter().copied());
-    let (Some(x_min), Some(x_max)) = (
-        points().map(|p| p.0).reduce(f64::min),
-        points().map(|p| p.0).reduce(f64::max),
-    ) else {
+    if points().next().is_none() {
         bail!("{title}: no data points");
-    };
+    }
     let y_max = points().map(|p| p.1).fold(f64::MIN, f64::max);
     let y_min = points().map(|p| p.1).fold(f64::MAX, f64::min);
-    // Room on both sides of the data; a decade apart at least on log axes.
-    let x_range = (x_min / 2.0)..(x_max * 2.0);
+    // Room on both sides of the data.
+    let x_range = (x_span.0 / 2.0)..(x_span.1 * 2.0);
     let mut chart = ChartBuilder::on(area);
     chart
         .caption(title, ("sans-serif", 20))
@@ -77,7 +87,7 @@ fn panel(
                 .configure_mesh()
                 .x_desc(x_desc.as_str())
                 .y_desc(y_desc.as_str())
-                .x_label_formatter(&|x| entries_label(x.round() as u64))
+                .x_label_formatter(&power_of_ten_label)
                 .y_label_formatter(&|y| short_number(*y))
                 .label_style(("sans-serif", 14))
                 .axis_desc_style(("sans-serif", 15))
@@ -113,6 +123,17 @@ fn panel(
         draw!(chart.build_cartesian_2d(x_range.log_scale(), 0.0..(y_max * 1.4))?);
     }
     Ok(())
+}
+
+/// "10^6" at powers of ten; other log-axis ticks stay unlabelled (their
+/// long labels would overlap).
+fn power_of_ten_label(x: &f64) -> String {
+    let exponent = x.log10().round();
+    if (x / 10f64.powf(exponent) - 1.0).abs() < 1e-6 {
+        entries_label(x.round() as u64)
+    } else {
+        String::new()
+    }
 }
 
 /// 1.2M, 35k, 640: short tick labels.
@@ -166,6 +187,7 @@ fn tree_series(rows: &[Row], metric: &str, unit: &str) -> Vec<Series> {
 
 fn plot_peer_trees(csv: &Path, out: &Path) -> Result<Vec<PathBuf>> {
     let rows = results::read(csv)?;
+    let span = x_span(rows.iter().map(|r| r.entries as f64))?;
     let rates = out.join("peer-trees-rates.svg");
     {
         let root = SVGBackend::new(&rates, (1200, 900)).into_drawing_area();
@@ -187,7 +209,7 @@ fn plot_peer_trees(csv: &Path, out: &Path) -> Result<Vec<PathBuf>> {
             panel(
                 area,
                 title,
-                "entries",
+                ("entries", span),
                 "per CPU-second",
                 &tree_series(&rows, metric, "per_cpu_s"),
                 true,
@@ -205,7 +227,7 @@ fn plot_peer_trees(csv: &Path, out: &Path) -> Result<Vec<PathBuf>> {
             panel(
                 area,
                 &title,
-                "entries",
+                ("entries", span),
                 "bytes",
                 &tree_series(&rows, &format!("proof_bytes_{kind}"), "bytes"),
                 false,
@@ -238,6 +260,12 @@ fn plot_scale(csv: &Path, out: &Path) -> Result<PathBuf> {
             points,
         })
     };
+    let span = x_span(
+        column("proof_bytes", "", 0)?
+            .points
+            .into_iter()
+            .map(|p| p.0),
+    )?;
     let path = out.join("scale.svg");
     {
         let root = SVGBackend::new(&path, (1500, 450)).into_drawing_area();
@@ -249,7 +277,7 @@ fn plot_scale(csv: &Path, out: &Path) -> Result<PathBuf> {
         panel(
             memory,
             "disk and memory",
-            "devices",
+            ("devices", span),
             "bytes",
             &[
                 column("disk_bytes", "disk", 0)?,
@@ -260,7 +288,7 @@ fn plot_scale(csv: &Path, out: &Path) -> Result<PathBuf> {
         panel(
             lookup,
             "look-up latency",
-            "devices",
+            ("devices", span),
             "microseconds",
             &[
                 column("lookup_p50_us", "p50", 2)?,
@@ -271,7 +299,7 @@ fn plot_scale(csv: &Path, out: &Path) -> Result<PathBuf> {
         panel(
             proof,
             "proof size",
-            "devices",
+            ("devices", span),
             "bytes",
             &[column("proof_bytes", "proof", 4)?],
             false,
@@ -342,6 +370,12 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::short_number;
+
+    #[test]
+    fn only_powers_of_ten_are_labelled() {
+        assert_eq!(super::power_of_ten_label(&1e6), "10^6");
+        assert_eq!(super::power_of_ten_label(&2e6), "");
+    }
 
     #[test]
     fn tick_labels_keep_their_zeros() {

@@ -26,6 +26,7 @@ use keyreg_consensus::crypto::{CryptoError, Domain, Hash, PublicKey, SigningKey}
 use keyreg_consensus::sealed::{self, configured_passphrase, Passphrase, SealError, SealParams};
 use keyreg_registry::names::{DeviceName, NameError, OrgId};
 use keyreg_registry::records::AgreementKey;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use x25519_dalek::StaticSecret;
@@ -195,6 +196,59 @@ impl Drop for KeySetJson {
 const DEVICE_KIND: &str = "keyreg-device-key";
 const ADMIN_KIND: &str = "keyreg-admin-key";
 
+/// The JSON form of a key file: a `kind` tag and a format `version` ahead
+/// of the kind's own fields.
+trait KeyJson: Serialize + DeserializeOwned {
+    const KIND: &'static str;
+    /// What a malformed file was expected to be, for errors.
+    const EXPECTED: &'static str;
+    fn header(&self) -> (&str, u8);
+
+    fn to_text(&self) -> Zeroizing<String> {
+        // Plain strings and numbers: serialisation cannot fail.
+        Zeroizing::new(serde_json::to_string_pretty(self).unwrap_or_default() + "\n")
+    }
+}
+
+impl KeyJson for DeviceKeysJson {
+    const KIND: &'static str = DEVICE_KIND;
+    const EXPECTED: &'static str = "device";
+    fn header(&self) -> (&str, u8) {
+        (&self.kind, self.version)
+    }
+}
+
+impl KeyJson for AdminKeyJson {
+    const KIND: &'static str = ADMIN_KIND;
+    const EXPECTED: &'static str = "admin";
+    fn header(&self) -> (&str, u8) {
+        (&self.kind, self.version)
+    }
+}
+
+fn malformed<'p>(path: &'p Path, expected: &'static str) -> impl Fn(String) -> KeyFileError + 'p {
+    move |reason| KeyFileError::Malformed {
+        path: path.to_path_buf(),
+        expected,
+        reason,
+    }
+}
+
+/// Reads a (possibly sealed) key file as `T`, checking its kind and version.
+fn read_key_json<T: KeyJson>(
+    path: &Path,
+    passphrase: Option<&Passphrase>,
+) -> Result<T, KeyFileError> {
+    let text = read_secret_file(path, passphrase)?;
+    let malformed = malformed(path, T::EXPECTED);
+    let json: T = serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
+    let (kind, version) = json.header();
+    if kind != T::KIND || version != KEY_FILE_VERSION {
+        return Err(malformed(format!("kind {kind:?} version {version}")));
+    }
+    Ok(json)
+}
+
 impl DeviceKeys {
     pub fn generate(name: DeviceName) -> Result<Self, CryptoError> {
         Ok(DeviceKeys {
@@ -210,20 +264,8 @@ impl DeviceKeys {
 
     /// Loads a key file, opening it with `passphrase` if it is sealed.
     pub fn load_with(path: &Path, passphrase: Option<&Passphrase>) -> Result<Self, KeyFileError> {
-        let text = read_secret_file(path, passphrase)?;
-        let malformed = |reason: String| KeyFileError::Malformed {
-            path: path.to_path_buf(),
-            expected: "device",
-            reason,
-        };
-        let json: DeviceKeysJson =
-            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
-        if json.kind != DEVICE_KIND || json.version != KEY_FILE_VERSION {
-            return Err(malformed(format!(
-                "kind {:?} version {}",
-                json.kind, json.version
-            )));
-        }
+        let json: DeviceKeysJson = read_key_json(path, passphrase)?;
+        let malformed = malformed(path, DeviceKeysJson::EXPECTED);
         let name = DeviceName::new(&json.name).map_err(|e| malformed(e.to_string()))?;
         let current = json.current.to_set().map_err(&malformed)?;
         let pending_rotation = match &json.pending_rotation {
@@ -267,8 +309,7 @@ impl DeviceKeys {
             current: KeySetJson::from_set(&self.current),
             pending_rotation: self.pending_rotation.as_ref().map(KeySetJson::from_set),
         };
-        // Plain strings and numbers: serialisation cannot fail.
-        Zeroizing::new(serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
+        json.to_text()
     }
 }
 
@@ -314,20 +355,8 @@ impl AdminKey {
 
     /// Loads a key file, opening it with `passphrase` if it is sealed.
     pub fn load_with(path: &Path, passphrase: Option<&Passphrase>) -> Result<Self, KeyFileError> {
-        let text = read_secret_file(path, passphrase)?;
-        let malformed = |reason: String| KeyFileError::Malformed {
-            path: path.to_path_buf(),
-            expected: "admin",
-            reason,
-        };
-        let json: AdminKeyJson =
-            serde_json::from_str(&text).map_err(|e| malformed(e.to_string()))?;
-        if json.kind != ADMIN_KIND || json.version != KEY_FILE_VERSION {
-            return Err(malformed(format!(
-                "kind {:?} version {}",
-                json.kind, json.version
-            )));
-        }
+        let json: AdminKeyJson = read_key_json(path, passphrase)?;
+        let malformed = malformed(path, AdminKeyJson::EXPECTED);
         Ok(AdminKey {
             org: OrgId::new(&json.org).map_err(|e| malformed(e.to_string()))?,
             signing: SigningKey::from_seed(
@@ -353,8 +382,7 @@ impl AdminKey {
             public_key: self.public().to_hex(),
             signing_seed: hex::encode(self.signing.seed()),
         };
-        let text = Zeroizing::new(serde_json::to_string_pretty(&json).unwrap_or_default() + "\n");
-        write_secret_file(path, &text, passphrase, false)
+        write_secret_file(path, &json.to_text(), passphrase, false)
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{verify_commit, Hash, SigningKey, ValidatorSet};
-use keyreg_node::cli::{generate_testnet, node_key, TestnetSpec, DEMO_ADMIN_KEY_FILE};
+use keyreg_node::cli::{node_key, DEMO_ADMIN_KEY_FILE};
 use keyreg_node::config::{Config, Overrides, GENESIS_FILE, KEY_FILE};
 use keyreg_node::keys::write_key_file;
 use keyreg_node::network::peer_id_of;
@@ -30,7 +30,7 @@ use keyreg_registry::{
 };
 use serde_json::{json, Value};
 
-use common::{free_base_port, read_admin_key};
+use common::{loopback_testnet, read_admin_key};
 use tokio::time::Instant;
 
 const CHAIN: &str = "cluster-test";
@@ -226,19 +226,7 @@ fn node(nodes: &[Option<RunningNode>], i: usize) -> &RunningNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(6, 7);
-    let layout = generate_testnet(
-        &TestnetSpec {
-            validators: 4,
-            observers: 1,
-            base_port: base,
-            api_base_port: base,
-            host_template: "127.0.0.1".into(),
-            chain_id: CHAIN.into(),
-        },
-        dir.path(),
-    )
-    .unwrap();
+    let (base, layout) = loopback_testnet(dir.path(), CHAIN, 4, 1, 7, 0);
     let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
     let homes: Vec<PathBuf> = layout.iter().map(|n| n.home.clone()).collect();
 

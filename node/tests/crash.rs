@@ -13,14 +13,14 @@ use std::time::{Duration, Instant};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{Hash, SigningKey};
-use keyreg_node::cli::{generate_testnet, TestnetSpec, DEMO_ADMIN_KEY_FILE};
+use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::config::Config;
 use keyreg_registry::export::ExportReader;
 use keyreg_registry::testkit::test_agreement_key;
 use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
 use serde_json::{json, Value};
 
-use common::{free_base_port, read_admin_key};
+use common::{loopback_testnet, read_admin_key};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keyreg-node");
 const CHAIN: &str = "crash-test";
@@ -109,19 +109,7 @@ fn registration(admin: &SigningKey, n: usize) -> Transaction {
 #[test]
 fn sigkilled_validator_restarts_consistent_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(8, 13);
-    let layout = generate_testnet(
-        &TestnetSpec {
-            validators: 4,
-            observers: 0,
-            base_port: base,
-            api_base_port: base + 4,
-            host_template: "127.0.0.1".into(),
-            chain_id: CHAIN.into(),
-        },
-        dir.path(),
-    )
-    .unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 4, 0, 13, 4);
     let homes: Vec<PathBuf> = layout.iter().map(|n| n.home.clone()).collect();
     let apis: Vec<SocketAddr> = layout.iter().map(|n| n.api_listen).collect();
     for home in &homes {

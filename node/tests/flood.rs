@@ -20,7 +20,7 @@ use std::time::Duration;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{Hash, SigningKey};
-use keyreg_node::cli::{generate_testnet, TestnetSpec, DEMO_ADMIN_KEY_FILE};
+use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::config::{ApiLimits, Config, Overrides};
 use keyreg_node::metrics::Rejection;
 use keyreg_node::node::{self, RunningNode};
@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
-use common::{free_base_port, read_admin_key};
+use common::{loopback_testnet, read_admin_key};
 
 const CHAIN: &str = "flood-test";
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -165,19 +165,7 @@ async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_base_port(4, 11);
-    let layout = generate_testnet(
-        &TestnetSpec {
-            validators: 4,
-            observers: 0,
-            base_port: base,
-            api_base_port: base,
-            host_template: "127.0.0.1".into(),
-            chain_id: CHAIN.into(),
-        },
-        dir.path(),
-    )
-    .unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 4, 0, 11, 0);
     let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
     let mut nodes = Vec::new();
     for n in &layout {

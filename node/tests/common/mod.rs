@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use keyreg_consensus::SigningKey;
+use keyreg_node::cli::{generate_testnet, TestnetNode, TestnetSpec};
 use serde_json::Value;
 
 /// A base port with `count` consecutive free ports on loopback. `stride`
@@ -31,4 +32,33 @@ pub fn read_admin_key(path: &Path) -> SigningKey {
     let mut seed = [0u8; 32];
     hex::decode_to_slice(json["signing_seed"].as_str().unwrap(), &mut seed).unwrap();
     SigningKey::from_seed(seed)
+}
+
+/// A testnet of `validators` and `observers` on loopback generated into
+/// `dir`: p2p ports from a free base probed with `stride` (see
+/// [`free_base_port`]; one spare port for a node a test adds later), API
+/// ports `api_offset` above them. Returns the base port and the nodes.
+pub fn loopback_testnet(
+    dir: &Path,
+    chain_id: &str,
+    validators: usize,
+    observers: usize,
+    stride: u16,
+    api_offset: u16,
+) -> (u16, Vec<TestnetNode>) {
+    let nodes = (validators + observers) as u16;
+    let base = free_base_port(nodes + api_offset + 1, stride);
+    let layout = generate_testnet(
+        &TestnetSpec {
+            validators,
+            observers,
+            base_port: base,
+            api_base_port: base + api_offset,
+            host_template: "127.0.0.1".into(),
+            chain_id: chain_id.into(),
+        },
+        dir,
+    )
+    .unwrap();
+    (base, layout)
 }

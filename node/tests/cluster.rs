@@ -18,7 +18,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{verify_commit, Hash, SigningKey, ValidatorSet};
 use keyreg_node::cli::{node_key, DEMO_ADMIN_KEY_FILE};
-use keyreg_node::config::{Config, Overrides, GENESIS_FILE, KEY_FILE};
+use keyreg_node::config::{Config, GENESIS_FILE, KEY_FILE};
 use keyreg_node::keys::write_key_file;
 use keyreg_node::network::peer_id_of;
 use keyreg_node::node::{self, RunningNode};
@@ -30,24 +30,14 @@ use keyreg_registry::{
 };
 use serde_json::{json, Value};
 
-use common::{loopback_testnet, read_admin_key};
+use common::{fast_config, loopback_testnet, read_admin_key};
 use tokio::time::Instant;
 
 const CHAIN: &str = "cluster-test";
 const DEADLINE: Duration = Duration::from_secs(90);
 
 async fn start(home: &Path) -> RunningNode {
-    let mut config = Config::load(home).unwrap();
-    config
-        .apply(Overrides {
-            api_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..Overrides::default()
-        })
-        .unwrap();
-    config.consensus.min_block_interval_ms = 100;
-    config.consensus.heartbeat_interval_ms = 1000;
-    config.consensus.timeout_propose_ms = 1000;
-    config.consensus.timeout_vote_ms = 500;
+    let config = fast_config(home);
     node::start(home, config).await.unwrap()
 }
 

@@ -21,7 +21,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
-use keyreg_node::config::{ApiLimits, Config, Overrides};
+use keyreg_node::config::ApiLimits;
 use keyreg_node::metrics::Rejection;
 use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
@@ -30,7 +30,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
-use common::{loopback_testnet, read_admin_key};
+use common::{fast_config, loopback_testnet, read_admin_key};
 
 const CHAIN: &str = "flood-test";
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -53,17 +53,7 @@ fn tight_limits() -> ApiLimits {
 }
 
 async fn start(home: &Path) -> RunningNode {
-    let mut config = Config::load(home).unwrap();
-    config
-        .apply(Overrides {
-            api_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..Overrides::default()
-        })
-        .unwrap();
-    config.consensus.min_block_interval_ms = 100;
-    config.consensus.heartbeat_interval_ms = 1000;
-    config.consensus.timeout_propose_ms = 1000;
-    config.consensus.timeout_vote_ms = 500;
+    let mut config = fast_config(home);
     config.mempool.max_txs = 300;
     config.api.limits = tight_limits();
     node::start(home, config).await.unwrap()

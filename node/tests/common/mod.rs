@@ -6,6 +6,7 @@ use std::path::Path;
 
 use keyreg_consensus::SigningKey;
 use keyreg_node::cli::{generate_testnet, TestnetNode, TestnetSpec};
+use keyreg_node::config::{Config, Overrides};
 use serde_json::Value;
 
 /// A base port with `count` consecutive free ports on loopback. `stride`
@@ -61,4 +62,21 @@ pub fn loopback_testnet(
     )
     .unwrap();
     (base, layout)
+}
+
+/// The config in `home` with the API on a free port and consensus timings
+/// shortened for tests.
+pub fn fast_config(home: &Path) -> Config {
+    let mut config = Config::load(home).unwrap();
+    config
+        .apply(Overrides {
+            api_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Overrides::default()
+        })
+        .unwrap();
+    config.consensus.min_block_interval_ms = 100;
+    config.consensus.heartbeat_interval_ms = 1000;
+    config.consensus.timeout_propose_ms = 1000;
+    config.consensus.timeout_vote_ms = 500;
+    config
 }

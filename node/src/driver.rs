@@ -20,7 +20,7 @@
 //!   height from another validator starts it at once.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -408,17 +408,17 @@ impl Driver {
     /// mempool passed the stateless checks on entry, so only the others'
     /// signatures are verified.
     fn validate_known(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
-        let pooled: HashSet<Hash> = {
+        let pooled: Vec<bool> = {
             let mempool = self.shared.mempool();
             block
                 .tx_hashes()
-                .into_iter()
-                .filter(|hash| mempool.contains(hash))
+                .iter()
+                .map(|hash| mempool.contains(hash))
                 .collect()
         };
         self.shared
             .read_ledger()
-            .validate_prechecked(block, |tx| pooled.contains(&tx.hash()))
+            .validate_prechecked(block, |i| pooled.get(i).copied().unwrap_or(false))
     }
 
     async fn commit(

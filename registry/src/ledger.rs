@@ -185,7 +185,7 @@ impl<S: LedgerStore> Ledger<S> {
         &self,
         txs: &[Transaction],
         timestamp_ms: u64,
-        already_passed: impl Fn(&Transaction) -> bool,
+        already_passed: impl Fn(usize) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
         let stateless = check_stateless_unless(&self.chain_id, txs, already_passed);
         Ok(execute_block_prechecked(
@@ -205,7 +205,7 @@ impl<S: LedgerStore> Ledger<S> {
         mut txs: Vec<Transaction>,
         timestamp_ms: u64,
         proposer: PublicKey,
-        already_passed: impl Fn(&Transaction) -> bool,
+        already_passed: impl Fn(usize) -> bool,
     ) -> Result<(Block, BlockExecution), LedgerError> {
         // Header, version byte and length prefix: well under 1 KiB.
         let mut size = 1024usize;
@@ -249,7 +249,7 @@ impl<S: LedgerStore> Ledger<S> {
     pub fn validate_prechecked(
         &self,
         block: &Block,
-        already_passed: impl Fn(&Transaction) -> bool,
+        already_passed: impl Fn(usize) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
         block.check_against_parent(&self.chain_id, &self.head)?;
         let execution = self.execute(

@@ -593,7 +593,7 @@ pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<()
 }
 
 /// [`check_stateless_all`] that takes the transactions `already_passed`
-/// vouches for as passing without checking them again. The stateless checks
+/// vouches for (by position in `txs`) as passing without checking them again. The stateless checks
 /// depend only on the chain id and the transaction's bytes, so a node's
 /// mempool (which admits only transactions that passed them for this chain)
 /// can vouch for its own transactions and a block's signatures are not
@@ -601,14 +601,14 @@ pub fn check_stateless_all(chain_id: &str, txs: &[Transaction]) -> Vec<Result<()
 pub fn check_stateless_unless(
     chain_id: &str,
     txs: &[Transaction],
-    already_passed: impl Fn(&Transaction) -> bool,
+    already_passed: impl Fn(usize) -> bool,
 ) -> Vec<Result<(), TxError>> {
     let mut results: Vec<Result<(), TxError>> = Vec::with_capacity(txs.len());
     let mut batch = BatchVerifier::new();
     // For each queued signature: (transaction index, which signature).
     let mut owners: Vec<(usize, SignatureRef)> = Vec::new();
     for (i, tx) in txs.iter().enumerate() {
-        if already_passed(tx) {
+        if already_passed(i) {
             results.push(Ok(()));
             continue;
         }

@@ -1,4 +1,4 @@
-//! A thin, bounded HTTP client for one node's API (see API-CONTRACT).
+//! A thin, bounded HTTP client for one node's API (see `docs/api.md`).
 //!
 //! Nothing here is trusted: binary objects are decoded from their canonical
 //! hex, and the light client verifies them before use. Every request has a
@@ -40,6 +40,9 @@ pub enum NodeError {
     Malformed(String),
     #[error("answer larger than {0} bytes")]
     TooLarge(u64),
+    /// One transaction of a batch was refused (the batch itself was served).
+    #[error("transaction refused: {code}: {message}")]
+    Refused { code: String, message: String },
 }
 
 impl NodeError {
@@ -142,6 +145,29 @@ struct SubmitAnswer {
     hash: String,
 }
 
+#[derive(Serialize)]
+struct SubmitBatchBody<'a> {
+    txs: &'a [String],
+}
+
+#[derive(Deserialize)]
+struct SubmitBatchAnswer {
+    results: Vec<BatchVerdict>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum BatchVerdict {
+    Pending(SubmitAnswer),
+    Refused(ErrorBody),
+}
+
+/// Most transactions per `POST /v1/transactions/batch` (the API's cap).
+pub const MAX_SUBMIT_BATCH: usize = 512;
+/// Most hex characters of transactions per batch request, so a request
+/// stays under the API's 1 MiB body limit.
+const MAX_SUBMIT_BATCH_HEX: usize = 1_000_000;
+
 /// One node's API.
 #[derive(Clone, Debug)]
 pub struct NodeClient {
@@ -215,6 +241,52 @@ impl NodeClient {
             }
             Err(e) => Err(map_ureq(e)),
         }
+    }
+
+    /// Submits many transactions, in requests of up to [`MAX_SUBMIT_BATCH`]
+    /// (and under the body limit): one verdict per transaction, in order,
+    /// `Ok` as for [`NodeClient::submit`] (pending, or already known).
+    /// `Err` when a request as a whole failed; the verdicts of the requests
+    /// before it are lost with it, and resubmitting them is harmless.
+    pub fn submit_batch(
+        &self,
+        txs: &[Transaction],
+    ) -> Result<Vec<Result<Hash, NodeError>>, NodeError> {
+        let mut verdicts = Vec::with_capacity(txs.len());
+        let mut hexes = Vec::new();
+        let mut expected = Vec::new();
+        let mut hex_len = 0;
+        for tx in txs {
+            let hex = hex::encode(tx.to_bytes());
+            if !hexes.is_empty()
+                && (hexes.len() == MAX_SUBMIT_BATCH || hex_len + hex.len() > MAX_SUBMIT_BATCH_HEX)
+            {
+                verdicts.extend(self.post_batch(&hexes, &expected)?);
+                hexes.clear();
+                expected.clear();
+                hex_len = 0;
+            }
+            hex_len += hex.len();
+            hexes.push(hex);
+            expected.push(tx.hash());
+        }
+        if !hexes.is_empty() {
+            verdicts.extend(self.post_batch(&hexes, &expected)?);
+        }
+        Ok(verdicts)
+    }
+
+    fn post_batch(
+        &self,
+        hexes: &[String],
+        expected: &[Hash],
+    ) -> Result<Vec<Result<Hash, NodeError>>, NodeError> {
+        let response = self
+            .agent
+            .post(&format!("{}/v1/transactions/batch", self.base))
+            .send_json(&SubmitBatchBody { txs: hexes })
+            .map_err(map_ureq)?;
+        parse_submit_batch_answer(&read_body(response, MAX_SMALL_RESPONSE)?, expected)
     }
 
     /// A transaction's status; `None` when the node does not know it.
@@ -294,6 +366,11 @@ pub fn parse_block_page(body: &[u8], limit: u32) -> Result<BlockPage, NodeError>
 /// `expected`, the hash we computed.
 pub fn parse_submit_answer(body: &[u8], expected: &Hash) -> Result<Hash, NodeError> {
     let answer: SubmitAnswer = parse_json(body)?;
+    named_hash(&answer, expected)
+}
+
+/// The hash a submission answer names, which must be the one we computed.
+fn named_hash(answer: &SubmitAnswer, expected: &Hash) -> Result<Hash, NodeError> {
     let hash = Hash::from_hex(&answer.hash)
         .map_err(|e| NodeError::Malformed(format!("transaction hash: {e}")))?;
     if hash != *expected {
@@ -302,6 +379,37 @@ pub fn parse_submit_answer(body: &[u8], expected: &Hash) -> Result<Hash, NodeErr
         )));
     }
     Ok(hash)
+}
+
+/// Decodes a `POST /v1/transactions/batch` body for the transactions
+/// `expected` (their hashes, in submission order): one verdict each, the
+/// node must name each hash it accepted; `already_known` counts as
+/// accepted.
+pub fn parse_submit_batch_answer(
+    body: &[u8],
+    expected: &[Hash],
+) -> Result<Vec<Result<Hash, NodeError>>, NodeError> {
+    let answer: SubmitBatchAnswer = parse_json(body)?;
+    if answer.results.len() != expected.len() {
+        return Err(NodeError::Malformed(format!(
+            "{} verdicts for {} transactions",
+            answer.results.len(),
+            expected.len()
+        )));
+    }
+    answer
+        .results
+        .into_iter()
+        .zip(expected)
+        .map(|(verdict, expected)| match verdict {
+            BatchVerdict::Pending(answer) => named_hash(&answer, expected).map(Ok),
+            BatchVerdict::Refused(body) if body.error.code == "already_known" => Ok(Ok(*expected)),
+            BatchVerdict::Refused(body) => Ok(Err(NodeError::Refused {
+                code: printable(&body.error.code),
+                message: printable(&body.error.message),
+            })),
+        })
+        .collect()
 }
 
 /// Decodes a `GET /v1/transactions/{hash}` body.

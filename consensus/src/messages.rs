@@ -194,6 +194,25 @@ pub fn decode_message<V: Payload>(
     Ok(Message::from_bytes(bytes)?)
 }
 
+impl<V> Message<V> {
+    /// The same message carrying `f(value)` in place of a proposal's value
+    /// (votes carry none). The signature stays valid exactly when the new
+    /// value hashes as the old one did: a proposer signs the value's hash.
+    pub fn map_value<W, E>(self, f: impl FnOnce(V) -> Result<W, E>) -> Result<Message<W>, E> {
+        let body = match self.body {
+            MessageBody::Proposal(p) => MessageBody::Proposal(SignedProposal {
+                signed: p.signed,
+                value: f(p.value)?,
+            }),
+            MessageBody::Vote(v) => MessageBody::Vote(v),
+        };
+        Ok(Message {
+            version: self.version,
+            body,
+        })
+    }
+}
+
 impl<V: Payload> Message<V> {
     pub fn proposal(p: SignedProposal<V>) -> Self {
         Message {
@@ -227,6 +246,14 @@ impl<V: Payload> Message<V> {
         match &self.body {
             MessageBody::Proposal(p) => p.signed.data.epoch,
             MessageBody::Vote(v) => v.data.epoch,
+        }
+    }
+
+    /// The hash of the value a proposal carries; `None` for a vote.
+    pub fn proposed_hash(&self) -> Option<Hash> {
+        match &self.body {
+            MessageBody::Proposal(p) => Some(p.signed.data.value_hash),
+            MessageBody::Vote(_) => None,
         }
     }
 

@@ -25,7 +25,7 @@ use keyreg_consensus::Hash;
 use keyreg_registry::wire::{
     decode_tx_batch, encode_tx_batch, MAX_TXS_PER_BATCH, MAX_TX_BATCH_BYTES,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::network::{NetworkHandle, Topic};
 use crate::node::{Shared, SubmitError};
@@ -33,20 +33,70 @@ use crate::node::{Shared, SubmitError};
 /// Arrivals waiting for admission, and admitted transactions waiting to be
 /// gossiped.
 pub const QUEUE: usize = 8192;
-const _: () = assert!(MAX_TX_BATCH_BYTES <= crate::network::MAX_GOSSIP_PAYLOAD);
+/// Bytes of transactions waiting for admission, at most: with batches of
+/// up to 1 MiB, the count bound alone would allow gigabytes.
+pub const QUEUED_BYTES: usize = 64 << 20;
 /// Arrivals admitted in one round, at most: bounds one batch verification
 /// to about `MAX_ARRIVALS_PER_ROUND * MAX_TXS_PER_BATCH` transactions.
 const MAX_ARRIVALS_PER_ROUND: usize = 256;
 
 /// A transaction, or a batch of them, waiting for admission.
 pub enum Arrival {
-    /// Submitted through the API; the verdict goes back on `reply`.
+    /// Submitted through the API (one transaction, or a batch); one verdict
+    /// per transaction goes back on `reply`, in order.
     Submitted {
-        bytes: Vec<u8>,
-        reply: oneshot::Sender<Result<Hash, SubmitError>>,
+        txs: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Vec<Result<Hash, SubmitError>>>,
     },
     /// A batch gossiped by a peer, undecoded.
     Gossiped(Vec<u8>),
+}
+
+impl Arrival {
+    fn bytes(&self) -> usize {
+        match self {
+            Arrival::Submitted { txs, .. } => txs.iter().map(Vec::len).sum(),
+            Arrival::Gossiped(payload) => payload.len(),
+        }
+    }
+}
+
+/// An arrival in the queue, holding its share of [`QUEUED_BYTES`].
+pub struct Queued {
+    arrival: Arrival,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// The sending side of the admission queue, bounded by count and bytes.
+#[derive(Clone)]
+pub struct Arrivals {
+    queue: mpsc::Sender<Queued>,
+    budget: Arc<Semaphore>,
+}
+
+impl Arrivals {
+    pub fn new() -> (Self, mpsc::Receiver<Queued>) {
+        let (queue, receiver) = mpsc::channel(QUEUE);
+        let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
+        (Arrivals { queue, budget }, receiver)
+    }
+
+    /// Queues `arrival`, or gives it back when the queue is full (by count
+    /// or by bytes).
+    pub fn try_queue(&self, arrival: Arrival) -> Result<(), Arrival> {
+        let permit = u32::try_from(arrival.bytes())
+            .ok()
+            .and_then(|bytes| self.budget.clone().try_acquire_many_owned(bytes).ok());
+        let Some(permit) = permit else {
+            return Err(arrival);
+        };
+        self.queue
+            .try_send(Queued {
+                arrival,
+                _budget: permit,
+            })
+            .map_err(|e| e.into_inner().arrival)
+    }
 }
 const _: () = assert!(MAX_TX_BATCH_BYTES <= crate::network::MAX_GOSSIP_PAYLOAD);
 
@@ -100,7 +150,7 @@ async fn publish(network: &NetworkHandle, batch: &[Vec<u8>]) {
 /// shutdown.
 pub async fn admit_arrivals(
     shared: Arc<Shared>,
-    mut arrivals: mpsc::Receiver<Arrival>,
+    mut arrivals: mpsc::Receiver<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -127,18 +177,18 @@ pub async fn admit_arrivals(
 
 /// One round: every transaction of `round` checked in one batch, verdicts
 /// sent back to submitters, admitted submissions queued for gossip.
-fn admit(shared: &Shared, round: Vec<Arrival>) {
+fn admit(shared: &Shared, round: Vec<Queued>) {
     let mut submitted = Vec::new();
     let mut gossiped = Vec::new();
-    for arrival in round {
-        match arrival {
-            Arrival::Submitted { bytes, reply } => submitted.push((bytes, reply)),
+    for queued in round {
+        match queued.arrival {
+            Arrival::Submitted { txs, reply } => submitted.push((txs, reply)),
             Arrival::Gossiped(payload) => gossiped.push(payload),
         }
     }
     let mut raw: Vec<&[u8]> = submitted
         .iter()
-        .map(|(bytes, _)| bytes.as_slice())
+        .flat_map(|(txs, _)| txs.iter().map(Vec::as_slice))
         .collect();
     for payload in &gossiped {
         match decode_tx_batch(payload) {
@@ -147,12 +197,16 @@ fn admit(shared: &Shared, round: Vec<Arrival>) {
         }
     }
     let mut verdicts = shared.submit_batch(&raw).into_iter();
-    for ((bytes, reply), verdict) in submitted.into_iter().zip(verdicts.by_ref()) {
-        if verdict.is_ok() {
-            shared.gossip_transaction(bytes);
+    for (txs, reply) in submitted {
+        let mut answer = Vec::with_capacity(txs.len());
+        for (bytes, verdict) in txs.into_iter().zip(verdicts.by_ref()) {
+            if verdict.is_ok() {
+                shared.gossip_transaction(bytes);
+            }
+            answer.push(verdict);
         }
-        // The submitter may have gone (client timeout); the verdict stands.
-        let _ = reply.send(verdict);
+        // The submitter may have gone (client timeout); the verdicts stand.
+        let _ = reply.send(answer);
     }
     for verdict in verdicts {
         if let Err(e) = verdict {

@@ -19,18 +19,19 @@
 //!   certified headers stay fresh for light clients. A message for the next
 //!   height from another validator starts it at once.
 
+use std::borrow::Cow;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{hash, Domain};
 use keyreg_consensus::{
-    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Payload, SafetyState,
-    SigningKey, Timeout, TimeoutKind,
+    decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Message, MessageBody,
+    Payload, SafetyState, SigningKey, Timeout, TimeoutKind,
 };
-use keyreg_registry::block::MAX_BLOCK_BYTES;
+use keyreg_registry::block::{BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use keyreg_registry::execute::BlockExecution;
 use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transaction};
 use tokio::sync::{mpsc, watch};
@@ -39,11 +40,13 @@ use tokio::time::Instant;
 /// The engine's value, decoded from gossip by `decode_message` (fuzzed with
 /// this type in `keyreg_tests::fuzz::consensus_message`).
 pub use keyreg_registry::wire::BlockValue;
+use keyreg_registry::wire::CompactBlock;
 
 use crate::config::{ConsensusConfig, PRUNE_INTERVAL};
 use crate::epochs;
 use crate::network::{peer_id_of, Topic, MAX_GOSSIP_PAYLOAD};
 use crate::node::{now_ms, DriverInput, NodeError, Shared};
+use crate::sync;
 
 /// Metadata key of the engine's safety state.
 const SAFETY_KEY: &[u8] = b"consensus/safety";
@@ -53,14 +56,16 @@ const REBROADCAST_MS: u64 = 2000;
 /// so a proposer cannot make headers look fresher than they are.
 const MAX_FUTURE_DRIFT_MS: u64 = 15_000;
 /// Most transactions drained into one proposal (the block byte limit
-/// usually binds first).
-const MAX_TXS_PER_PROPOSAL: usize = 10_000;
+/// binds first).
+const MAX_TXS_PER_PROPOSAL: usize = MAX_BLOCK_TXS;
 /// Bound on pending timers (the engine keeps a handful per round).
 const MAX_TIMERS: usize = 4096;
 /// Bound on actions run for one input (each round of rules yields a few).
 const MAX_ACTIONS_PER_INPUT: usize = 10_000;
 /// Pacing checks (mempool non-empty, heartbeat due).
 const PACING_TICK: Duration = Duration::from_millis(20);
+/// Compact proposals whose missing transactions are being fetched at once.
+const MAX_FETCHES: usize = 4;
 
 /// Identical consensus payloads are deduplicated for half the rebroadcast
 /// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
@@ -100,6 +105,11 @@ pub struct Driver {
     /// 0: keep every tree version (see `StorageConfig`).
     keep_tree_versions: u64,
     sync_hints: mpsc::Sender<u64>,
+    /// The driver's own input queue, for the answers of transaction fetches.
+    inputs: mpsc::Sender<DriverInput>,
+    /// Proposals (by value hash) whose missing transactions are being
+    /// fetched; at most [`MAX_FETCHES`].
+    fetching: HashSet<Hash>,
 }
 
 fn consensus_error(e: impl std::fmt::Display) -> NodeError {
@@ -115,6 +125,7 @@ impl Driver {
         config: &ConsensusConfig,
         keep_tree_versions: u64,
         sync_hints: mpsc::Sender<u64>,
+        inputs: mpsc::Sender<DriverInput>,
     ) -> Result<Self, NodeError> {
         let engine = {
             let ledger = shared.read_ledger();
@@ -155,6 +166,8 @@ impl Driver {
             heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
             keep_tree_versions,
             sync_hints,
+            inputs,
+            fetching: HashSet::new(),
         })
     }
 
@@ -177,7 +190,12 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 input = inputs.recv() => match input {
-                    Some(input) => self.on_input(input).await?,
+                    // A commit may have left a full block waiting: start it
+                    // now rather than at the next pacing tick.
+                    Some(input) => {
+                        self.on_input(input).await?;
+                        self.maybe_start_height().await?;
+                    }
                     None => return Ok(()),
                 },
                 _ = tokio::time::sleep_until(next_timer) => self.fire_timers().await?,
@@ -189,20 +207,22 @@ impl Driver {
     async fn on_input(&mut self, input: DriverInput) -> Result<(), NodeError> {
         match input {
             DriverInput::Consensus(bytes) => {
-                let message = match decode_message::<BlockValue>(&bytes, MAX_GOSSIP_PAYLOAD) {
-                    Ok(m) => m,
+                match decode_message::<CompactBlock>(&bytes, MAX_GOSSIP_PAYLOAD) {
+                    Ok(message) => self.on_message(message, true).await,
                     Err(e) => {
                         tracing::debug!(error = %e, "undecodable consensus message");
-                        return Ok(());
+                        Ok(())
                     }
-                };
-                // Someone started the next height: join now rather than
-                // waiting for our own pacing.
-                if self.pending_start.is_some() && message.height() == self.engine.height() + 1 {
-                    self.start_next_height().await?;
                 }
-                let actions = self.engine.handle(Event::Message(message));
-                self.execute(actions).await
+            }
+            DriverInput::Fetched { proposal, txs } => {
+                if let Some(value_hash) = proposal.proposed_hash() {
+                    self.fetching.remove(&value_hash);
+                }
+                self.shared.metrics.fetched_txs.inc_by(txs.len() as u64);
+                self.shared
+                    .keep_proposal_txs(txs.into_iter().map(|(hash, tx)| (hash, Cow::Owned(tx))));
+                self.on_message(*proposal, false).await
             }
             DriverInput::Synced { blocks, done } => {
                 let result = self.apply_synced(blocks).await?;
@@ -211,6 +231,113 @@ impl Driver {
                 Ok(())
             }
         }
+    }
+
+    /// A gossiped message: a compact proposal is rebuilt into its block
+    /// from the transactions this node holds, or, when some are missing and
+    /// `may_fetch`, waits for them to be fetched.
+    async fn on_message(
+        &mut self,
+        message: Message<CompactBlock>,
+        may_fetch: bool,
+    ) -> Result<(), NodeError> {
+        // Someone started the next height: join now rather than waiting for
+        // our own pacing.
+        if self.pending_start.is_some() && message.height() == self.engine.height() + 1 {
+            self.start_next_height().await?;
+        }
+        let Some(message) = self.rebuild(message, may_fetch) else {
+            return Ok(());
+        };
+        let actions = self.engine.handle(Event::Message(message));
+        self.execute(actions).await
+    }
+
+    /// `message` with a proposal's block rebuilt; `None` when it cannot be
+    /// (yet).
+    fn rebuild(
+        &mut self,
+        message: Message<CompactBlock>,
+        may_fetch: bool,
+    ) -> Option<Message<BlockValue>> {
+        let txs = match &message.body {
+            MessageBody::Vote(_) => Vec::new(),
+            MessageBody::Proposal(proposal) => {
+                if let Err(e) = proposal.value.check() {
+                    tracing::debug!(error = %e, "malformed compact proposal");
+                    return None;
+                }
+                let found = self.shared.pending_txs(&proposal.value.tx_hashes);
+                if found.iter().any(Option::is_none) {
+                    let mut missing: Vec<Hash> = proposal
+                        .value
+                        .tx_hashes
+                        .iter()
+                        .zip(&found)
+                        .filter(|(_, tx)| tx.is_none())
+                        .map(|(hash, _)| *hash)
+                        .collect();
+                    missing.sort_unstable();
+                    missing.dedup();
+                    if may_fetch {
+                        self.fetch(message, missing);
+                    } else {
+                        tracing::debug!(
+                            missing = missing.len(),
+                            "no peer had a proposal's transactions"
+                        );
+                    }
+                    return None;
+                }
+                found.into_iter().flatten().collect()
+            }
+        };
+        let Ok(message) = message.map_value(|compact| {
+            Ok::<_, std::convert::Infallible>(BlockValue(compact.into_block(txs)))
+        });
+        Some(message)
+    }
+
+    /// Fetches the transactions `missing` from a compact proposal, asking
+    /// its proposer first and then the other validators; the answer comes
+    /// back as [`DriverInput::Fetched`]. Only for a correctly signed
+    /// proposal of the height being decided (or the next), and at most
+    /// [`MAX_FETCHES`] at once.
+    fn fetch(&mut self, proposal: Message<CompactBlock>, missing: Vec<Hash>) {
+        let Some(value_hash) = proposal.proposed_hash() else {
+            return;
+        };
+        let height = proposal.height();
+        if self.fetching.contains(&value_hash)
+            || self.fetching.len() >= MAX_FETCHES
+            || !(self.engine.height()..=self.engine.height() + 1).contains(&height)
+        {
+            return;
+        }
+        let set = self.shared.read_ledger().validator_set().clone();
+        if let Err(e) = proposal.verify(&self.shared.chain_id, &set) {
+            tracing::debug!(error = %e, "compact proposal not fetched for");
+            return;
+        }
+        let signer = proposal.signer();
+        let others = set
+            .validators()
+            .iter()
+            .map(|v| v.key)
+            .filter(|key| *key != signer && *key != self.key.public());
+        let peers: Vec<_> = std::iter::once(signer)
+            .chain(others)
+            .filter_map(|key| peer_id_of(&key).ok())
+            .collect();
+        self.fetching.insert(value_hash);
+        let network = self.shared.network.clone();
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            let txs = sync::fetch_transactions(&network, &peers, missing).await;
+            // Fails only when the driver has stopped.
+            let proposal = Box::new(proposal);
+            let _ = inputs.send(DriverInput::Fetched { proposal, txs }).await;
+        });
     }
 
     /// Feeds synced blocks to the engine in order; each commit goes through
@@ -274,8 +401,16 @@ impl Driver {
             return Ok(());
         };
         let now = Instant::now();
+        let (waiting_txs, waiting_bytes) = {
+            let mempool = self.shared.mempool();
+            (mempool.len(), mempool.bytes())
+        };
+        // A full block's worth waits for nobody: the minimum interval is
+        // there to fill blocks at low load, not to idle under load.
+        let full_block = waiting_bytes >= MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES
+            || waiting_txs >= MAX_TXS_PER_PROPOSAL;
         let ready =
-            now >= pending.latest || (now >= pending.earliest && self.shared.mempool_len() > 0);
+            now >= pending.latest || full_block || (now >= pending.earliest && waiting_txs > 0);
         if ready {
             self.start_next_height().await?;
         }
@@ -308,6 +443,7 @@ impl Driver {
                         .put_meta(SAFETY_KEY, &state.to_bytes())?;
                 }
                 Action::Broadcast(message) => {
+                    let message = self.compact(message);
                     if let Err(e) = self
                         .shared
                         .network
@@ -355,6 +491,23 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// The wire form of an outgoing message: a proposal carries its block's
+    /// transaction hashes, and this node keeps any of its transactions that
+    /// are not in its mempool so that peers can fetch them here.
+    fn compact(&self, message: Message<BlockValue>) -> Message<CompactBlock> {
+        let Ok(message) = message.map_value(|BlockValue(block)| {
+            let hashes = block.tx_hashes();
+            self.shared.keep_proposal_txs(
+                hashes
+                    .iter()
+                    .copied()
+                    .zip(block.transactions.iter().map(Cow::Borrowed)),
+            );
+            Ok::<_, std::convert::Infallible>(CompactBlock::of(&block, Some(hashes)))
+        });
+        message
     }
 
     /// Builds the next block from the oldest mempool transactions.
@@ -444,6 +597,7 @@ impl Driver {
             (old_epoch, ledger.validator_set().clone())
         };
         self.executions.clear();
+        self.shared.clear_proposal_txs();
         self.shared.set_height(height);
         let tx_hashes = committed.block.tx_hashes();
         {

@@ -76,6 +76,10 @@ impl<T: PoolTx> Mempool<T> {
         self.txs.contains_key(hash)
     }
 
+    pub fn get(&self, hash: &Hash) -> Option<&T> {
+        self.txs.get(hash).map(|(_, tx)| tx)
+    }
+
     /// The cheap checks to run before spending time on signatures.
     pub fn precheck(&self, tx: &T) -> Result<(), MempoolError> {
         let size = tx.encoded_len();

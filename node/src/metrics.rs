@@ -48,6 +48,9 @@ pub struct Metrics {
     pub mempool_size: Gauge,
     /// Consensus round timeouts (propose, prevote or precommit) that fired.
     pub round_timeouts: Counter,
+    /// Transactions of compact proposals fetched from peers because this
+    /// node did not hold them (gossip had not brought them yet).
+    pub fetched_txs: Counter,
     /// Peers with an established connection.
     pub peers: Gauge,
     /// Best known peer height minus our height (0 when caught up).
@@ -64,6 +67,7 @@ impl Metrics {
         let transactions = Counter::default();
         let mempool_size = Gauge::default();
         let round_timeouts = Counter::default();
+        let fetched_txs = Counter::default();
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
         let api_rejected = Family::default();
@@ -88,6 +92,11 @@ impl Metrics {
             "Consensus round timeouts that fired",
             round_timeouts.clone(),
         );
+        registry.register(
+            "fetched_txs",
+            "Proposal transactions fetched from peers (not gossiped here in time)",
+            fetched_txs.clone(),
+        );
         registry.register("peers", "Connected peers", peers.clone());
         registry.register(
             "sync_lag",
@@ -106,6 +115,7 @@ impl Metrics {
             transactions,
             mempool_size,
             round_timeouts,
+            fetched_txs,
             peers,
             sync_lag,
             api_rejected,

@@ -47,8 +47,10 @@ pub const MAX_GOSSIP_FRAME: usize = 1 << 20;
 /// gossip event carries: the frame limit minus room for gossipsub's own
 /// envelope (topic, sequence number, source, signature, key).
 pub const MAX_GOSSIP_PAYLOAD: usize = MAX_GOSSIP_FRAME - 4096;
-/// Largest sync request (a small query).
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest sync request: a query, at most a block's worth of transaction
+/// hashes.
+pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+const _: () = assert!(keyreg_registry::block::MAX_BLOCK_TXS * 32 + 1024 <= MAX_REQUEST_BYTES);
 /// Largest sync response (a batch of committed blocks).
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 

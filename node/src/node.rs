@@ -1,15 +1,18 @@
 //! The node: ledger, mempool, network, consensus driver, block sync and
 //! HTTP API wired together, and their orderly start and stop.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keyreg_consensus::codec::Canonical;
-use keyreg_consensus::{Hash, PublicKey, SigningKey, ValidatorSet};
+use keyreg_consensus::{Hash, Message, PublicKey, SigningKey, ValidatorSet};
+use keyreg_registry::block::MAX_BLOCK_TXS;
 use keyreg_registry::tx::MAX_TX_BYTES;
+use keyreg_registry::wire::CompactBlock;
 use keyreg_registry::{
     check_stateless_all, CommittedBlock, Genesis, Ledger, LedgerError, RocksLedgerStore,
     StoreError, Transaction, TxError,
@@ -20,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::admission::{self, Arrival};
+use crate::admission::{self, Arrival, Arrivals};
 use crate::config::{Config, DATA_DIR, GENESIS_FILE, KEY_FILE};
 use crate::driver::{self, Driver};
 use crate::epochs;
@@ -115,10 +118,19 @@ pub struct Shared {
     sync_lag: AtomicU64,
     height: AtomicU64,
     /// Transactions waiting for admission ([`admission`]).
-    arrivals: mpsc::Sender<Arrival>,
+    arrivals: Arrivals,
     /// Admitted transactions waiting to be gossiped ([`admission`]).
     tx_outbox: mpsc::Sender<Vec<u8>>,
+    /// Transactions of this height's proposals that are not in the mempool
+    /// (fetched for a compact proposal, or in a block restored from the
+    /// safety state), kept so this node can serve them to peers that lack
+    /// them too. Unverified; cleared at every commit.
+    proposal_txs: Mutex<HashMap<Hash, Transaction>>,
 }
+
+/// Most transactions [`Shared::keep_proposal_txs`] holds: a few rounds'
+/// worth of blocks whose transactions nobody gossiped.
+const MAX_PROPOSAL_TXS: usize = 4 * MAX_BLOCK_TXS;
 
 impl Shared {
     /// Read access to the ledger. A poisoned lock means a writer panicked
@@ -134,6 +146,52 @@ impl Shared {
 
     pub(crate) fn mempool(&self) -> MutexGuard<'_, Mempool<PooledTx>> {
         self.mempool.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The transactions named by `hashes`, in order, from the mempool and
+    /// this height's proposals; `None` where this node has none.
+    pub(crate) fn pending_txs(&self, hashes: &[Hash]) -> Vec<Option<Transaction>> {
+        let mempool = self.mempool();
+        let kept = self.proposal_txs();
+        hashes
+            .iter()
+            .map(|hash| {
+                mempool
+                    .get(hash)
+                    .map(|p| &p.tx)
+                    .or_else(|| kept.get(hash))
+                    .cloned()
+            })
+            .collect()
+    }
+
+    /// Keeps proposal transactions the mempool lacks (bounded: beyond
+    /// [`MAX_PROPOSAL_TXS`] they are not kept, and peers fetch them
+    /// elsewhere).
+    pub(crate) fn keep_proposal_txs<'a>(
+        &self,
+        txs: impl IntoIterator<Item = (Hash, Cow<'a, Transaction>)>,
+    ) {
+        let mempool = self.mempool();
+        let mut kept = self.proposal_txs();
+        for (hash, tx) in txs {
+            if mempool.contains(&hash) || kept.contains_key(&hash) {
+                continue;
+            }
+            if kept.len() >= MAX_PROPOSAL_TXS {
+                tracing::debug!("proposal transaction cache full");
+                break;
+            }
+            kept.insert(hash, tx.into_owned());
+        }
+    }
+
+    pub(crate) fn clear_proposal_txs(&self) {
+        self.proposal_txs().clear();
+    }
+
+    fn proposal_txs(&self) -> MutexGuard<'_, HashMap<Hash, Transaction>> {
+        self.proposal_txs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn mempool_len(&self) -> usize {
@@ -230,13 +288,26 @@ impl Shared {
     /// (checked in a batch with whatever else arrived meanwhile) and, once
     /// admitted, for gossip.
     pub async fn submit(&self, bytes: Vec<u8>) -> Result<Hash, SubmitError> {
-        let (reply, verdict) = oneshot::channel();
+        self.submit_many(vec![bytes])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(SubmitError::Internal("no verdict".into())))
+    }
+
+    /// [`Shared::submit`] for several transactions at once: one verdict per
+    /// transaction, in order. `Err` when the admission queue is full (none
+    /// of them was looked at) or the node is stopping.
+    pub async fn submit_many(
+        &self,
+        txs: Vec<Vec<u8>>,
+    ) -> Result<Vec<Result<Hash, SubmitError>>, SubmitError> {
+        let (reply, verdicts) = oneshot::channel();
         self.arrivals
-            .try_send(Arrival::Submitted { bytes, reply })
+            .try_queue(Arrival::Submitted { txs, reply })
             .map_err(|_| SubmitError::Busy)?;
-        verdict
+        verdicts
             .await
-            .map_err(|_| SubmitError::Internal("the node is stopping".into()))?
+            .map_err(|_| SubmitError::Internal("the node is stopping".into()))
     }
 
     /// Queues an admitted transaction's bytes for gossip. A full queue
@@ -257,6 +328,12 @@ impl Shared {
 pub enum DriverInput {
     /// A gossiped consensus message (undecoded, size-checked).
     Consensus(Vec<u8>),
+    /// The transactions fetched for a compact proposal that named some this
+    /// node lacked (possibly not all of them, or none), each with its hash.
+    Fetched {
+        proposal: Box<Message<CompactBlock>>,
+        txs: Vec<(Hash, Transaction)>,
+    },
     /// Committed blocks fetched by sync, in height order. `done` receives
     /// the ledger height after applying them, or why one was rejected.
     Synced {
@@ -372,7 +449,7 @@ async fn start_with(
     .await?;
     let height = ledger.height();
     let (tx_outbox, tx_outbox_rx) = mpsc::channel(admission::QUEUE);
-    let (arrivals, arrivals_rx) = mpsc::channel(admission::QUEUE);
+    let (arrivals, arrivals_rx) = Arrivals::new();
     let shared = Arc::new(Shared {
         chain_id,
         genesis_hash: ledger.genesis_hash(),
@@ -390,6 +467,7 @@ async fn start_with(
         height: AtomicU64::new(0),
         arrivals,
         tx_outbox,
+        proposal_txs: Mutex::new(HashMap::new()),
     });
     shared.set_height(height);
 
@@ -403,6 +481,7 @@ async fn start_with(
         &config.consensus,
         config.storage.keep_tree_versions,
         hints_tx,
+        driver_tx.clone(),
     )?;
     let driver = tokio::spawn(driver.run(driver_rx, shutdown_rx.clone()));
 
@@ -505,7 +584,7 @@ async fn route_network_events(
                 from,
             } => {
                 // Full: the origin still proposes them in its own turn.
-                if shared.arrivals.try_send(Arrival::Gossiped(data)).is_err() {
+                if shared.arrivals.try_queue(Arrival::Gossiped(data)).is_err() {
                     tracing::debug!(%from, "transaction batch dropped: admission busy");
                 }
             }

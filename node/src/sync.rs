@@ -6,11 +6,15 @@
 //! against the validator set of the block's epoch (following handovers, since
 //! blocks are applied in order) and re-executes the block before storing it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyreg_consensus::codec::{Canonical, CodecError};
+use keyreg_consensus::Hash;
+use keyreg_registry::block::MAX_BLOCK_TXS;
 pub use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
+use keyreg_registry::Transaction;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -39,13 +43,17 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
         Ok(r) => r.query,
         Err(e) => return response(SyncReply::Error(format!("bad request: {e}"))),
     };
-    let ledger = shared.read_ledger();
     match query {
-        SyncQuery::Status => response(SyncReply::Status {
-            height: ledger.height(),
-            head_hash: ledger.head().hash(),
-        }),
+        SyncQuery::Status => {
+            let ledger = shared.read_ledger();
+            response(SyncReply::Status {
+                height: ledger.height(),
+                head_hash: ledger.head().hash(),
+            })
+        }
+        SyncQuery::Transactions { hashes } => response(serve_transactions(shared, &hashes)),
         SyncQuery::Blocks { from, limit } => {
+            let ledger = shared.read_ledger();
             let count = u64::from(limit.clamp(1, MAX_BLOCKS_PER_RESPONSE));
             let last = ledger.height().min(from.saturating_add(count - 1));
             let mut blocks = Vec::new();
@@ -68,6 +76,29 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
             response(SyncReply::Blocks(blocks))
         }
     }
+}
+
+/// The asked-for pending transactions this node holds, within the response
+/// size limit.
+fn serve_transactions(shared: &Shared, hashes: &[Hash]) -> SyncReply {
+    if hashes.len() > MAX_BLOCK_TXS {
+        return SyncReply::Error(format!(
+            "asked for {} transactions (at most {MAX_BLOCK_TXS})",
+            hashes.len()
+        ));
+    }
+    // Room for the response envelope and the length prefixes.
+    let mut budget = MAX_RESPONSE_BYTES - 1024;
+    let mut txs = Vec::new();
+    for tx in shared.pending_txs(hashes).into_iter().flatten() {
+        let size = tx.to_bytes().len() + 8;
+        if size > budget {
+            break;
+        }
+        budget -= size;
+        txs.push(tx);
+    }
+    SyncReply::Transactions(txs)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +127,43 @@ async fn ask(
         SyncReply::Error(e) => Err(FetchError::Remote(e)),
         reply => Ok(reply),
     }
+}
+
+/// How long one peer may take to answer a transaction fetch: a proposal
+/// waits for it, and the round's timeout is not much longer.
+const TX_FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks `peers`, in order, for the pending transactions `hashes` until
+/// every one is found. Returns those found, each checked to hash as asked.
+pub async fn fetch_transactions(
+    network: &NetworkHandle,
+    peers: &[PeerId],
+    hashes: Vec<Hash>,
+) -> Vec<(Hash, Transaction)> {
+    let mut wanted: HashSet<Hash> = hashes.into_iter().collect();
+    let mut found = Vec::new();
+    for peer in peers {
+        if wanted.is_empty() {
+            break;
+        }
+        let query = SyncQuery::Transactions {
+            hashes: wanted.iter().copied().collect(),
+        };
+        match tokio::time::timeout(TX_FETCH_TIMEOUT, ask(network, *peer, query)).await {
+            Ok(Ok(SyncReply::Transactions(txs))) => {
+                for tx in txs {
+                    let hash = tx.hash();
+                    if wanted.remove(&hash) {
+                        found.push((hash, tx));
+                    }
+                }
+            }
+            Ok(Ok(_)) => tracing::debug!(%peer, "unexpected answer to a transaction fetch"),
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "transaction fetch failed"),
+            Err(_) => tracing::debug!(%peer, "transaction fetch timed out"),
+        }
+    }
+    found
 }
 
 /// The client loop: compares heights with a few peers each round and, when

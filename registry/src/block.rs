@@ -12,6 +12,12 @@ use crate::tx::Transaction;
 
 /// Largest encoded block.
 pub const MAX_BLOCK_BYTES: usize = 512 * 1024;
+/// Room a block's header, version byte and length prefix take at most:
+/// [`Ledger::propose`](crate::Ledger::propose) fills the rest with transactions.
+pub const BLOCK_OVERHEAD_BYTES: usize = 1024;
+/// More transactions than any block can hold (no transaction encodes in
+/// under 64 bytes: each carries at least one 96-byte signature).
+pub const MAX_BLOCK_TXS: usize = MAX_BLOCK_BYTES / 64;
 
 /// What validators certify: a block's place in the chain and the roots it
 /// commits to.

@@ -7,7 +7,9 @@ use keyreg_consensus::crypto::{Hash, PublicKey};
 use keyreg_consensus::validators::ValidatorSet;
 use thiserror::Error;
 
-use crate::block::{tx_root, Block, BlockError, CommittedBlock, Header, MAX_BLOCK_BYTES};
+use crate::block::{
+    tx_root, Block, BlockError, CommittedBlock, Header, BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES,
+};
 use crate::execute::{execute_block_prechecked, execute_transactions, BlockExecution};
 use crate::genesis::{Genesis, GenesisError};
 use crate::lookup::DeviceProof;
@@ -207,8 +209,7 @@ impl<S: LedgerStore> Ledger<S> {
         proposer: PublicKey,
         already_passed: impl Fn(usize) -> bool,
     ) -> Result<(Block, BlockExecution), LedgerError> {
-        // Header, version byte and length prefix: well under 1 KiB.
-        let mut size = 1024usize;
+        let mut size = BLOCK_OVERHEAD_BYTES;
         let fitting = txs
             .iter()
             .take_while(|tx| {

@@ -12,7 +12,8 @@ use keyreg_consensus::Hash;
 use serde::Deserialize;
 use thiserror::Error;
 
-use crate::tx::MAX_TX_BYTES;
+use crate::block::{tx_root, Header, MAX_BLOCK_TXS};
+use crate::tx::{Transaction, MAX_TX_BYTES};
 use crate::{Block, CommittedBlock};
 
 /// A block as the consensus engine's value: consensus votes for its header
@@ -27,6 +28,66 @@ impl Payload for BlockValue {
     }
 }
 
+/// A proposal's value as gossiped: the block's header and its
+/// transactions' hashes, not their bytes. Validators already hold nearly
+/// all of them (gossiped on their way into the proposer's mempool), so a
+/// receiver rebuilds the block from its mempool and asks a peer for the
+/// rest ([`SyncQuery::Transactions`]). Consensus names it by the header
+/// hash, as it names the block, so a proposer's signature covers both forms.
+#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+pub struct CompactBlock {
+    pub header: Header,
+    pub tx_hashes: Vec<Hash>,
+}
+
+impl Payload for CompactBlock {
+    fn hash(&self) -> Hash {
+        self.header.hash()
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CompactBlockError {
+    #[error("a compact block names {0} transactions (at most {MAX_BLOCK_TXS})")]
+    TooManyTxs(usize),
+    #[error("the transaction hashes do not match the header's transaction root")]
+    TxRoot,
+}
+
+impl CompactBlock {
+    /// The compact form of `block` (`tx_hashes`: its transactions' hashes,
+    /// when the caller knows them).
+    pub fn of(block: &Block, tx_hashes: Option<Vec<Hash>>) -> Self {
+        CompactBlock {
+            header: block.header.clone(),
+            tx_hashes: tx_hashes.unwrap_or_else(|| block.tx_hashes()),
+        }
+    }
+
+    /// Checks that the hashes are the ones the header commits to, so that
+    /// nobody fetches transactions for a block that cannot be valid.
+    pub fn check(&self) -> Result<(), CompactBlockError> {
+        if self.tx_hashes.len() > MAX_BLOCK_TXS {
+            return Err(CompactBlockError::TooManyTxs(self.tx_hashes.len()));
+        }
+        if tx_root(&self.tx_hashes) != self.header.tx_root {
+            return Err(CompactBlockError::TxRoot);
+        }
+        Ok(())
+    }
+
+    /// The block, given its transactions in the order of `tx_hashes` (the
+    /// caller looked them up by hash).
+    pub fn into_block(self, transactions: Vec<Transaction>) -> Block {
+        debug_assert_eq!(transactions.len(), self.tx_hashes.len());
+        Block {
+            version: Block::VERSION,
+            header: self.header,
+            transactions,
+        }
+    }
+}
+
 /// What a block-sync request asks for.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum SyncQuery {
@@ -35,6 +96,9 @@ pub enum SyncQuery {
     /// Committed blocks `from..from + limit` (fewer if the head is nearer or
     /// the response would exceed the size limit).
     Blocks { from: u64, limit: u32 },
+    /// Uncommitted transactions by hash (those of a compact proposal the
+    /// asker lacks), at most [`MAX_BLOCK_TXS`].
+    Transactions { hashes: Vec<Hash> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -52,9 +116,14 @@ impl Canonical for SyncRequest {
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum SyncReply {
-    Status { height: u64, head_hash: Hash },
+    Status {
+        height: u64,
+        head_hash: Hash,
+    },
     Blocks(Vec<CommittedBlock>),
     Error(String),
+    /// The asked-for transactions the responder holds, in any order.
+    Transactions(Vec<Transaction>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
@@ -80,6 +149,47 @@ impl SubmitBody {
     /// The transaction's bytes (not yet decoded).
     pub fn tx_bytes(&self) -> Result<Vec<u8>, hex::FromHexError> {
         hex::decode(&self.tx)
+    }
+}
+
+/// Most transactions in one `POST /v1/transactions/batch` (as many as one
+/// gossiped batch holds).
+pub const MAX_SUBMIT_BATCH: usize = MAX_TXS_PER_BATCH;
+
+/// The body of `POST /v1/transactions/batch`: `{"txs": ["<hex>", ...]}`,
+/// 1..=[`MAX_SUBMIT_BATCH`] transactions, each verified and admitted on its
+/// own (one verdict per transaction, in order).
+#[derive(Debug, Deserialize)]
+pub struct SubmitBatchBody {
+    pub txs: Vec<String>,
+}
+
+/// Why a batch body as a whole is refused (a bad transaction inside a good
+/// body gets its own verdict instead).
+#[derive(Debug, Error, PartialEq)]
+pub enum SubmitBatchError {
+    #[error("a batch holds 1..={MAX_SUBMIT_BATCH} transactions, not {0}")]
+    Count(usize),
+    #[error("txs[{index}] is not hex: {error}")]
+    Hex {
+        index: usize,
+        error: hex::FromHexError,
+    },
+}
+
+impl SubmitBatchBody {
+    /// Every transaction's bytes (not yet decoded), in order.
+    pub fn txs_bytes(&self) -> Result<Vec<Vec<u8>>, SubmitBatchError> {
+        if !(1..=MAX_SUBMIT_BATCH).contains(&self.txs.len()) {
+            return Err(SubmitBatchError::Count(self.txs.len()));
+        }
+        self.txs
+            .iter()
+            .enumerate()
+            .map(|(index, tx)| {
+                hex::decode(tx).map_err(|error| SubmitBatchError::Hex { index, error })
+            })
+            .collect()
     }
 }
 

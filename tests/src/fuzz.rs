@@ -12,6 +12,7 @@
 //! `tests/tests/fuzz_corpus.rs` runs `tests/fuzz/corpus/<name>/*` through the
 //! same function.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::OnceLock;
@@ -20,7 +21,8 @@ use std::time::Duration;
 use keyreg_client::light::CertifiedHeader;
 use keyreg_client::node::{
     parse_api_error, parse_block_answer, parse_block_page, parse_device_answer, parse_epoch_answer,
-    parse_status, parse_submit_answer, parse_tx_status, MAX_BLOCKS_PER_PAGE,
+    parse_status, parse_submit_answer, parse_submit_batch_answer, parse_tx_status,
+    MAX_BLOCKS_PER_PAGE,
 };
 use keyreg_client::session::{Hello, LocalIdentity, PeerVerifier, SecureSession, SessionConfig};
 use keyreg_consensus::certificate::{verify_commit, CommitCertificate};
@@ -31,8 +33,8 @@ use keyreg_consensus::messages::{decode_message, Evidence, MessageBody};
 use keyreg_consensus::validators::ValidatorSet;
 use keyreg_registry::tree::SparseMerkleProof;
 use keyreg_registry::wire::{
-    decode_tx_batch, encode_tx_batch, BlockValue, PageQuery, SubmitBody, SyncReply, SyncRequest,
-    SyncResponse,
+    decode_tx_batch, encode_tx_batch, BlockValue, CompactBlock, PageQuery, SubmitBatchBody,
+    SubmitBody, SyncReply, SyncRequest, SyncResponse, MAX_SUBMIT_BATCH,
 };
 use keyreg_registry::{
     tx_root, verify_device_proof, Block, CommittedBlock, DeviceName, DeviceProof, Genesis,
@@ -84,16 +86,38 @@ pub fn transaction(data: &[u8]) {
     let _ = fixture().ledger.check_tx(&tx);
 }
 
-/// A consensus gossip message: `decode_message`, `Message::verify` against
-/// epoch 1, a follower engine at [`ENGINE_HEIGHT`] handling it, and for a
+/// A consensus gossip message as the node decodes it (a proposal carries a
+/// [`CompactBlock`]): `decode_message`, `Message::verify` against epoch 1,
+/// the compact block's checks and its rebuilding from the transactions the
+/// fixture holds (its proposal's, as a mempool would), for a rebuilt
 /// proposal the validation a validator runs before prevoting (executing the
-/// block on the head). Also the same bytes as equivocation evidence.
+/// block on the head), and a follower engine at [`ENGINE_HEIGHT`] handling
+/// it. Also the same bytes as equivocation evidence.
 pub fn consensus_message(data: &[u8]) {
     let f = fixture();
-    if let Ok(message) = decode_message::<BlockValue>(data, Config::default().max_message_bytes) {
+    if let Ok(message) = decode_message::<CompactBlock>(data, Config::default().max_message_bytes) {
         assert_canonical(&message, data);
-        let verified = message.verify(CHAIN, &f.next_set);
-        if let (Ok(_), MessageBody::Proposal(proposal)) = (&verified, &message.body) {
+        let verified = message.verify(CHAIN, &f.next_set).is_ok();
+        let held: HashMap<Hash, &Transaction> = f
+            .proposal
+            .transactions
+            .iter()
+            .map(|tx| (tx.hash(), tx))
+            .collect();
+        let rebuilt = message.map_value(|compact| {
+            compact.check().map_err(|_| ())?;
+            let txs = compact
+                .tx_hashes
+                .iter()
+                .map(|hash| held.get(hash).map(|tx| (*tx).clone()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or(())?;
+            Ok::<_, ()>(BlockValue(compact.into_block(txs)))
+        });
+        let Ok(message) = rebuilt else {
+            return;
+        };
+        if let (true, MessageBody::Proposal(proposal)) = (verified, &message.body) {
             let _ = f.ledger.validate(&proposal.value.0);
         }
         let mut engine = Engine::<BlockValue>::new(
@@ -290,6 +314,15 @@ pub fn node_answer(data: &[u8]) {
             if let Ok(hash) = parse_submit_answer(body, &expected) {
                 assert_eq!(hash, expected, "a submit answer names our transaction");
             }
+            let expected: Vec<Hash> = f.transactions.iter().map(Transaction::hash).collect();
+            if let Ok(verdicts) = parse_submit_batch_answer(body, &expected) {
+                assert_eq!(verdicts.len(), expected.len(), "one verdict each");
+                for (verdict, hash) in verdicts.iter().zip(&expected) {
+                    if let Ok(named) = verdict {
+                        assert_eq!(named, hash, "a batch answer names our transactions");
+                    }
+                }
+            }
         }
         6 => {
             let _ = parse_tx_status(body);
@@ -415,11 +448,19 @@ pub fn sync_message(data: &[u8]) {
     }
     if let Ok(response) = SyncResponse::from_bytes(data) {
         assert_canonical(&response, data);
-        if let SyncReply::Blocks(blocks) = response.reply {
-            let f = fixture();
-            for committed in blocks {
-                check_committed_block(f, committed);
+        match response.reply {
+            SyncReply::Blocks(blocks) => {
+                let f = fixture();
+                for committed in blocks {
+                    check_committed_block(f, committed);
+                }
             }
+            SyncReply::Transactions(txs) => {
+                for tx in txs {
+                    transaction(&tx.to_bytes());
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -427,13 +468,23 @@ pub fn sync_message(data: &[u8]) {
 /// An HTTP request's untrusted parts as the node's API decodes them. The
 /// first byte picks the part: the `POST /v1/transactions` JSON body (then
 /// the transaction path of [`transaction`]), the `GET /v1/blocks` query
-/// string, the `org/name` of `GET /v1/devices/{org}/{name}`, or the hash of
-/// `GET /v1/transactions/{hash}`.
+/// string, the `org/name` of `GET /v1/devices/{org}/{name}`, the hash of
+/// `GET /v1/transactions/{hash}`, or the `POST /v1/transactions/batch` body.
 pub fn http_request(data: &[u8]) {
     let Some((&part, rest)) = data.split_first() else {
         return;
     };
-    match part % 4 {
+    match part % 5 {
+        4 => {
+            if let Ok(body) = serde_json::from_slice::<SubmitBatchBody>(rest) {
+                if let Ok(txs) = body.txs_bytes() {
+                    assert!((1..=MAX_SUBMIT_BATCH).contains(&txs.len()));
+                    for tx in txs {
+                        transaction(&tx);
+                    }
+                }
+            }
+        }
         0 => {
             if let Ok(body) = serde_json::from_slice::<SubmitBody>(rest) {
                 if let Ok(tx) = body.tx_bytes() {

@@ -9,7 +9,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::engine::proposer_index;
 use keyreg_consensus::messages::{Evidence, Message, ProposalData, Signed, SignedProposal};
 use keyreg_registry::wire::{
-    encode_tx_batch, BlockValue, SyncQuery, SyncReply, SyncRequest, SyncResponse,
+    encode_tx_batch, CompactBlock, SyncQuery, SyncReply, SyncRequest, SyncResponse,
 };
 use serde_json::json;
 
@@ -51,7 +51,7 @@ pub fn all() -> Vec<Seed> {
             .expect("every epoch-1 validator's key is in the fixture")
     };
     let proposer = key_of(proposer_index(set, ENGINE_HEIGHT, 0));
-    let value = BlockValue(f.proposal.clone());
+    let value = CompactBlock::of(&f.proposal, None);
     let proposal = ProposalData {
         version: ProposalData::VERSION,
         chain_id: CHAIN.into(),
@@ -90,7 +90,7 @@ pub fn all() -> Vec<Seed> {
         out.push(seed(
             "consensus_message",
             label,
-            Message::<BlockValue>::vote(v.clone()).to_bytes(),
+            Message::<CompactBlock>::vote(v.clone()).to_bytes(),
         ));
     }
     let evidence = Evidence::conflicting_votes(prevote, nil_prevote);
@@ -243,6 +243,20 @@ pub fn all() -> Vec<Seed> {
         "blocks-request",
         request(SyncQuery::Blocks { from: 1, limit: 64 }).to_bytes(),
     ));
+    let proposal_hashes = f.proposal.tx_hashes();
+    out.push(seed(
+        "sync_message",
+        "transactions-request",
+        request(SyncQuery::Transactions {
+            hashes: proposal_hashes,
+        })
+        .to_bytes(),
+    ));
+    out.push(seed(
+        "sync_message",
+        "transactions-response",
+        response(SyncReply::Transactions(f.proposal.transactions.clone())).to_bytes(),
+    ));
     let head = f.blocks.last().expect("the fixture has blocks");
     out.push(seed(
         "sync_message",
@@ -282,6 +296,12 @@ pub fn all() -> Vec<Seed> {
         (1, "page-query", "from=2&limit=100".to_string()),
         (2, "device-path", ACTIVE.to_string()),
         (3, "tx-hash", tx.hash().to_hex()),
+        (
+            4,
+            "submit-batch",
+            json!({"txs": f.transactions.iter().map(|tx| hex_of(tx.to_bytes())).collect::<Vec<_>>()})
+                .to_string(),
+        ),
     ];
     for (part, label, text) in http {
         let mut bytes = vec![part];

@@ -1,4 +1,4 @@
-//! The HTTP API, exactly as `API-CONTRACT.md` specifies (see `docs/api.md`).
+//! The HTTP API, as `docs/api.md` specifies.
 //!
 //! Binary objects travel as lowercase hex of their canonical encoding;
 //! errors are `{"error": {"code", "message"}}`; request bodies are limited to
@@ -19,7 +19,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::Hash;
-use keyreg_registry::wire::{PageQuery, SubmitBody};
+use keyreg_registry::wire::{PageQuery, SubmitBatchBody, SubmitBody};
 use keyreg_registry::{DeviceName, LedgerError, TxError};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -53,6 +53,7 @@ pub fn router(shared: Arc<Shared>, limits: &ApiLimits) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/transactions", post(submit_transaction))
+        .route("/v1/transactions/batch", post(submit_transactions))
         .route("/v1/transactions/{hash}", get(transaction_status))
         .route("/v1/devices/{org}/{name}", get(device))
         .route("/v1/blocks", get(blocks_page))
@@ -190,6 +191,33 @@ async fn submit_transaction(
         StatusCode::ACCEPTED,
         Json(json!({"hash": hash.to_hex(), "status": "pending"})),
     ))
+}
+
+/// `POST /v1/transactions/batch`: 200 with one verdict per transaction, in
+/// order; the request as a whole fails only when its body is malformed or
+/// the admission queue is full (503 `busy`, nothing was admitted).
+async fn submit_transactions(
+    State(shared): State<Arc<Shared>>,
+    body: Result<Json<SubmitBatchBody>, JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body?;
+    let txs = body
+        .txs_bytes()
+        .map_err(|e| ApiError::bad_request("bad_batch", e))?;
+    let verdicts = shared.submit_many(txs).await.map_err(|e| {
+        if matches!(e, SubmitError::Busy) {
+            shared.metrics.count_rejection(Rejection::MempoolFull);
+        }
+        submit_error(e)
+    })?;
+    let results: Vec<Value> = verdicts
+        .into_iter()
+        .map(|verdict| match verdict {
+            Ok(hash) => json!({"hash": hash.to_hex(), "status": "pending"}),
+            Err(e) => submit_error(e).body(),
+        })
+        .collect();
+    ok(json!({ "results": results }))
 }
 
 async fn transaction_status(

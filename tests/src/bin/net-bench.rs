@@ -3,7 +3,7 @@
 //! look-ups, and how fast a revocation becomes provable.
 //!
 //! `cargo run --release -p keyreg-tests --bin net-bench -- [--validators 4] [--txs 4000]
-//!  [--rate 20] [--threads 4] [--latency-seconds 10] [--lookup-seconds 5]
+//!  [--rate 20] [--threads 4] [--batch 1] [--latency-seconds 10] [--lookup-seconds 5]
 //!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--node-bin PATH]`
 //!
 //! Needs `keyreg-node` built in the same target directory
@@ -44,6 +44,9 @@ struct Args {
     txs: usize,
     rate: f64,
     threads: usize,
+    /// Transactions per submission request at saturation and half load
+    /// (1: `POST /v1/transactions`; more: `POST /v1/transactions/batch`).
+    batch: usize,
     latency_seconds: f64,
     lookup_seconds: f64,
     revocations: usize,
@@ -58,6 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
         txs: 4000,
         rate: 20.0,
         threads: 4,
+        batch: 1,
         latency_seconds: 10.0,
         lookup_seconds: 5.0,
         revocations: 100,
@@ -74,6 +78,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--txs" => args.txs = value.parse().with_context(bad)?,
             "--rate" => args.rate = value.parse().with_context(bad)?,
             "--threads" => args.threads = value.parse().with_context(bad)?,
+            "--batch" => args.batch = value.parse().with_context(bad)?,
             "--latency-seconds" => args.latency_seconds = value.parse().with_context(bad)?,
             "--lookup-seconds" => args.lookup_seconds = value.parse().with_context(bad)?,
             "--revocations" => args.revocations = value.parse().with_context(bad)?,
@@ -88,6 +93,12 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&args.threads) || args.txs == 0 || args.txs > 1_000_000 {
         bail!("--threads must be 1..=64 and --txs 1..=1000000");
+    }
+    if !(1..=keyreg_client::node::MAX_SUBMIT_BATCH).contains(&args.batch) {
+        bail!(
+            "--batch must be 1..={}",
+            keyreg_client::node::MAX_SUBMIT_BATCH
+        );
     }
     let positive = |x: f64| x.is_finite() && x > 0.0 && x <= 100_000.0;
     if ![
@@ -230,13 +241,17 @@ struct Load {
 /// One load thread's accepted submissions (index, first attempt) and failures.
 type ThreadOutcome = (Vec<(usize, Instant)>, Vec<String>);
 
-/// Submits `txs` from `threads` threads, round-robin over `nodes`; paced at
-/// `rate` tx/s when given, as fast as accepted otherwise. A 503 `busy`
-/// backs off (10 ms doubling to 200 ms) and retries until `deadline`.
+/// Submits `txs` from `threads` threads, round-robin over `nodes`, `batch`
+/// per request (`POST /v1/transactions` when 1, `/v1/transactions/batch`
+/// otherwise); paced at `rate` tx/s when given, as fast as accepted
+/// otherwise. A 503 `busy` backs off (10 ms doubling to 200 ms) and retries
+/// until `deadline`.
+#[allow(clippy::too_many_arguments)]
 fn run_load(
     nodes: &[NodeClient],
     txs: &[Transaction],
     threads: usize,
+    batch: usize,
     rate: Option<f64>,
     deadline: Duration,
     stop: &AtomicBool,
@@ -251,10 +266,11 @@ fn run_load(
                     let mut done = Vec::new();
                     let mut failures = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let i = next.fetch_add(batch, Ordering::Relaxed);
                         if i >= txs.len() || stop.load(Ordering::Relaxed) {
                             break;
                         }
+                        let chunk = i..(i + batch).min(txs.len());
                         if let Some(rate) = rate {
                             let due = start + Duration::from_secs_f64(i as f64 / rate);
                             thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -263,14 +279,24 @@ fn run_load(
                             failures.push(format!("tx {i}: load deadline passed"));
                             break;
                         }
-                        let node = &nodes[i % nodes.len()];
+                        let node = &nodes[(i / batch) % nodes.len()];
                         let first_attempt = Instant::now();
                         let mut pause = Duration::from_millis(10);
                         // Ends: every retry sleeps, and the deadline stops it.
                         loop {
-                            match node.submit(&txs[i]) {
-                                Ok(_) => {
-                                    done.push((i, first_attempt));
+                            let outcome = if batch == 1 {
+                                node.submit(&txs[i]).map(|hash| vec![Ok(hash)])
+                            } else {
+                                node.submit_batch(&txs[chunk.clone()])
+                            };
+                            match outcome {
+                                Ok(verdicts) => {
+                                    for (k, verdict) in chunk.clone().zip(verdicts) {
+                                        match verdict {
+                                            Ok(_) => done.push((k, first_attempt)),
+                                            Err(e) => failures.push(format!("tx {k}: {e}")),
+                                        }
+                                    }
                                     break;
                                 }
                                 Err(NodeError::Api { status: 503, .. })
@@ -281,7 +307,7 @@ fn run_load(
                                     pause = (pause * 2).min(Duration::from_millis(200));
                                 }
                                 Err(e) => {
-                                    failures.push(format!("tx {i} at {}: {e}", node.url()));
+                                    failures.push(format!("txs {chunk:?} at {}: {e}", node.url()));
                                     break;
                                 }
                             }
@@ -380,10 +406,11 @@ fn latency_run(
     txs: &[Transaction],
     rate: f64,
     threads: usize,
+    batch: usize,
 ) -> anyhow::Result<LatencyRun> {
     let stop = AtomicBool::new(false);
     let deadline = Duration::from_secs_f64(txs.len() as f64 / rate) + COMMIT_DEADLINE;
-    let load = run_load(&net.nodes, txs, threads, Some(rate), deadline, &stop);
+    let load = run_load(&net.nodes, txs, threads, batch, Some(rate), deadline, &stop);
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
     let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
     let mut latencies: Vec<Duration> = load
@@ -547,7 +574,15 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
     let cpu_before = cpu_split(net)?;
-    let load = run_load(nodes, &txs, args.threads, None, COMMIT_DEADLINE, &never);
+    let load = run_load(
+        nodes,
+        &txs,
+        args.threads,
+        args.batch,
+        None,
+        COMMIT_DEADLINE,
+        &never,
+    );
     let submit_end = Instant::now();
     let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
     let cpu_after = cpu_split(net)?;
@@ -598,12 +633,19 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     // Latency at low load and at half the saturation rate.
     let low_count = ((args.rate * args.latency_seconds).ceil() as usize).max(1);
     let low_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "low", low_count)?;
-    let low = latency_run(net, &watcher, &low_txs, args.rate, args.threads)?;
+    let low = latency_run(net, &watcher, &low_txs, args.rate, args.threads, 1)?;
     print_latency("latency, low load", &low);
     let half_rate = (throughput / 2.0).max(1.0);
     let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
     let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
-    let half = latency_run(net, &watcher, &half_txs, half_rate, args.threads)?;
+    let half = latency_run(
+        net,
+        &watcher,
+        &half_txs,
+        half_rate,
+        args.threads,
+        args.batch,
+    )?;
     print_latency("latency, half saturation", &half);
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
@@ -723,6 +765,7 @@ fn revocation_phase(
                 nodes,
                 &background,
                 args.threads,
+                args.batch,
                 Some(half_rate),
                 phase_deadline,
                 &stop_background,

@@ -471,3 +471,57 @@ fn printable(s: &str) -> String {
         .map(|c| if c.is_control() { '?' } else { c })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyreg_consensus::crypto::{hash, Domain};
+
+    fn hashes(n: u8) -> Vec<Hash> {
+        (0..n).map(|i| hash(Domain::Transaction, &[i])).collect()
+    }
+
+    #[test]
+    fn batch_answers_give_one_verdict_per_transaction() {
+        let expected = hashes(3);
+        let body = serde_json::json!({"results": [
+            {"hash": expected[0].to_hex(), "status": "pending"},
+            {"error": {"code": "already_known", "message": "known"}},
+            {"error": {"code": "bad_signature", "message": "bad\nsig"}},
+        ]})
+        .to_string();
+        let verdicts = parse_submit_batch_answer(body.as_bytes(), &expected).unwrap();
+        assert_eq!(verdicts[0], Ok(expected[0]));
+        assert_eq!(
+            verdicts[1],
+            Ok(expected[1]),
+            "already known counts as accepted"
+        );
+        assert_eq!(
+            verdicts[2],
+            Err(NodeError::Refused {
+                code: "bad_signature".into(),
+                message: "bad?sig".into()
+            })
+        );
+    }
+
+    #[test]
+    fn lying_batch_answers_are_malformed() {
+        let expected = hashes(2);
+        let pending = |h: &Hash| serde_json::json!({"hash": h.to_hex(), "status": "pending"});
+        let too_few = serde_json::json!({"results": [pending(&expected[0])]}).to_string();
+        let swapped =
+            serde_json::json!({"results": [pending(&expected[1]), pending(&expected[0])]})
+                .to_string();
+        for body in [too_few.as_str(), &swapped, "{\"results\": 3}", "[]"] {
+            assert!(
+                matches!(
+                    parse_submit_batch_answer(body.as_bytes(), &expected),
+                    Err(NodeError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+    }
+}

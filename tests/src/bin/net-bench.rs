@@ -615,6 +615,10 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         "  = {:.3}x the verification bound",
         throughput / bound.1.max(1e-9)
     );
+    println!(
+        "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
+        metric_total(nodes, "keyreg_fetched_txs_total")
+    );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");
     }
@@ -659,6 +663,23 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         half_rate,
     )?;
     watcher.finish()
+}
+
+/// The sum over `nodes` of a counter from `GET /metrics` (0 where a node
+/// does not answer).
+fn metric_total(nodes: &[NodeClient], name: &str) -> u64 {
+    nodes
+        .iter()
+        .filter_map(|node| {
+            let text = ureq::get(&format!("{}/metrics", node.url()))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()?;
+            text.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+        })
+        .sum()
 }
 
 /// Item 4: client-side verification cost of a look-up, and one node's serving rate.

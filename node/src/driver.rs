@@ -498,7 +498,10 @@ impl Driver {
     /// are not in its mempool so that peers can fetch them here.
     fn compact(&self, message: Message<BlockValue>) -> Message<CompactBlock> {
         let Ok(message) = message.map_value(|BlockValue(block)| {
-            let hashes = block.tx_hashes();
+            let hashes = match self.executions.get(&block.hash()) {
+                Some(execution) => execution.tx_hashes.clone(),
+                None => block.tx_hashes(),
+            };
             self.shared.keep_proposal_txs(
                 hashes
                     .iter()
@@ -561,17 +564,9 @@ impl Driver {
     /// mempool passed the stateless checks on entry, so only the others'
     /// signatures are verified.
     fn validate_known(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
-        let pooled: Vec<bool> = {
-            let mempool = self.shared.mempool();
-            block
-                .tx_hashes()
-                .iter()
-                .map(|hash| mempool.contains(hash))
-                .collect()
-        };
         self.shared
             .read_ledger()
-            .validate_prechecked(block, |i| pooled.get(i).copied().unwrap_or(false))
+            .validate_prechecked(block, |hash| self.shared.mempool().contains(hash))
     }
 
     async fn commit(
@@ -585,6 +580,7 @@ impl Driver {
             Some(execution) => execution,
             None => self.validate_known(&block)?,
         };
+        let tx_hashes = execution.tx_hashes.clone();
         let committed = CommittedBlock {
             version: CommittedBlock::VERSION,
             block,
@@ -599,7 +595,6 @@ impl Driver {
         self.executions.clear();
         self.shared.clear_proposal_txs();
         self.shared.set_height(height);
-        let tx_hashes = committed.block.tx_hashes();
         {
             let mut mempool = self.shared.mempool();
             mempool.remove(&tx_hashes);

@@ -248,6 +248,19 @@ impl Block {
     /// alone (not execution): version, chain, height, link, time, tx root,
     /// epoch and validator-set hand-over, size.
     pub fn check_against_parent(&self, chain_id: &str, parent: &Header) -> Result<(), BlockError> {
+        self.check_against_parent_hashed(chain_id, parent, &self.tx_hashes())
+    }
+
+    /// [`check_against_parent`](Self::check_against_parent) given the
+    /// transactions' hashes (`tx_hashes[i]` must be the hash of
+    /// `transactions[i]`).
+    pub fn check_against_parent_hashed(
+        &self,
+        chain_id: &str,
+        parent: &Header,
+        tx_hashes: &[Hash],
+    ) -> Result<(), BlockError> {
+        debug_assert_eq!(tx_hashes.len(), self.transactions.len());
         let h = &self.header;
         if self.version != Block::VERSION {
             return Err(BlockError::Version(self.version));
@@ -297,7 +310,7 @@ impl Block {
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge { size });
         }
-        let expected_root = tx_root(&self.tx_hashes());
+        let expected_root = tx_root(tx_hashes);
         if h.tx_root != expected_root {
             return Err(BlockError::TxRoot {
                 expected: expected_root,

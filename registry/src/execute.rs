@@ -471,6 +471,9 @@ fn govern<V: StateView + ?Sized>(
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlockExecution {
     pub height: u64,
+    /// The executed transactions' hashes, in block order (computed once per
+    /// execution, for the transaction root, the index and the mempool).
+    pub tx_hashes: Vec<Hash>,
     pub results: Vec<TxResult>,
     /// Root of the state tree after the block.
     pub state_root: Hash,
@@ -534,18 +537,27 @@ pub fn execute_block<R: NodeReader + ?Sized>(
     timestamp_ms: u64,
 ) -> Result<BlockExecution, StateError> {
     let stateless = check_stateless_all(chain_id, txs);
-    execute_block_prechecked(reader, txs, stateless, height, timestamp_ms)
+    let tx_hashes = txs.iter().map(Transaction::hash).collect();
+    execute_block_prechecked(reader, txs, tx_hashes, stateless, height, timestamp_ms)
 }
 
-/// [`execute_block`] with the stateless results already computed (see
-/// [`execute_transactions_prechecked`]).
+/// [`execute_block`] with the transactions' hashes and the stateless
+/// results already computed (see [`execute_transactions_prechecked`]).
 pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
     reader: &R,
     txs: &[Transaction],
+    tx_hashes: Vec<Hash>,
     stateless: Vec<TxResult>,
     height: u64,
     timestamp_ms: u64,
 ) -> Result<BlockExecution, StateError> {
+    if tx_hashes.len() != txs.len() {
+        return Err(StateError::Invariant(format!(
+            "{} hashes for {} transactions",
+            tx_hashes.len(),
+            txs.len()
+        )));
+    }
     let parent_version = height
         .checked_sub(1)
         .ok_or_else(|| StateError::Invariant("block 0 is genesis, not executed".into()))?;
@@ -554,6 +566,7 @@ pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
     let tree_batch = apply_changes(reader, Some(parent_version), height, &execution.changes)?;
     Ok(BlockExecution {
         height,
+        tx_hashes,
         results: execution.results,
         state_root: tree_batch.root,
         tree_batch,

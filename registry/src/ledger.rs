@@ -181,18 +181,34 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Executes `txs` as the next block without writing anything. The
-    /// transactions `already_passed` vouches for skip the stateless checks
-    /// (see [`check_stateless_unless`]); pass `|_| false` to check them all.
+    /// transactions `already_passed` vouches for (by hash) skip the
+    /// stateless checks (see [`check_stateless_unless`]); pass `|_| false`
+    /// to check them all.
     pub fn execute(
         &self,
         txs: &[Transaction],
         timestamp_ms: u64,
-        already_passed: impl Fn(usize) -> bool,
+        already_passed: impl Fn(&Hash) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
-        let stateless = check_stateless_unless(&self.chain_id, txs, already_passed);
+        let tx_hashes = txs.iter().map(Transaction::hash).collect();
+        self.execute_hashed(txs, tx_hashes, timestamp_ms, already_passed)
+    }
+
+    /// [`execute`](Self::execute) given the transactions' hashes.
+    fn execute_hashed(
+        &self,
+        txs: &[Transaction],
+        tx_hashes: Vec<Hash>,
+        timestamp_ms: u64,
+        already_passed: impl Fn(&Hash) -> bool,
+    ) -> Result<BlockExecution, LedgerError> {
+        let stateless = check_stateless_unless(&self.chain_id, txs, |i| {
+            tx_hashes.get(i).is_some_and(&already_passed)
+        });
         Ok(execute_block_prechecked(
             &self.store,
             txs,
+            tx_hashes,
             stateless,
             self.head.height + 1,
             timestamp_ms,
@@ -207,7 +223,7 @@ impl<S: LedgerStore> Ledger<S> {
         mut txs: Vec<Transaction>,
         timestamp_ms: u64,
         proposer: PublicKey,
-        already_passed: impl Fn(usize) -> bool,
+        already_passed: impl Fn(&Hash) -> bool,
     ) -> Result<(Block, BlockExecution), LedgerError> {
         let mut size = BLOCK_OVERHEAD_BYTES;
         let fitting = txs
@@ -227,7 +243,7 @@ impl<S: LedgerStore> Ledger<S> {
             prev_hash: self.head.hash(),
             timestamp_ms,
             proposer,
-            tx_root: tx_root(&txs.iter().map(Transaction::hash).collect::<Vec<_>>()),
+            tx_root: tx_root(&execution.tx_hashes),
             state_root: execution.state_root,
             validator_set_hash: execution.validator_set.hash(),
             next_validator_set_hash: execution.next_validator_set.hash(),
@@ -250,11 +266,13 @@ impl<S: LedgerStore> Ledger<S> {
     pub fn validate_prechecked(
         &self,
         block: &Block,
-        already_passed: impl Fn(usize) -> bool,
+        already_passed: impl Fn(&Hash) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
-        block.check_against_parent(&self.chain_id, &self.head)?;
-        let execution = self.execute(
+        let tx_hashes = block.tx_hashes();
+        block.check_against_parent_hashed(&self.chain_id, &self.head, &tx_hashes)?;
+        let execution = self.execute_hashed(
             &block.transactions,
+            tx_hashes,
             block.header.timestamp_ms,
             already_passed,
         )?;
@@ -263,7 +281,8 @@ impl<S: LedgerStore> Ledger<S> {
     }
 
     /// Appends a committed block, given its execution (from
-    /// [`validate`](Self::validate) or [`propose`](Self::propose)). Checks
+    /// [`validate`](Self::validate) or [`propose`](Self::propose) of this
+    /// block: its transactions' hashes are taken from the execution). Checks
     /// the block against the head, the execution against the header and the
     /// certificate against the current validator set, then writes
     /// everything in one atomic store write.
@@ -279,9 +298,17 @@ impl<S: LedgerStore> Ledger<S> {
                 block: header.height,
             });
         }
-        committed
-            .block
-            .check_against_parent(&self.chain_id, &self.head)?;
+        if execution.tx_hashes.len() != committed.block.transactions.len() {
+            return Err(LedgerError::ExecutionMismatch {
+                execution: execution.height,
+                block: header.height,
+            });
+        }
+        committed.block.check_against_parent_hashed(
+            &self.chain_id,
+            &self.head,
+            &execution.tx_hashes,
+        )?;
         execution.check_header(header)?;
         verify_commit(
             &self.chain_id,
@@ -290,8 +317,12 @@ impl<S: LedgerStore> Ledger<S> {
             &header.hash(),
             &committed.certificate,
         )?;
-        self.store
-            .write_block(committed, &execution.tree_batch, &execution.results)?;
+        self.store.write_block(
+            committed,
+            &execution.tree_batch,
+            &execution.results,
+            &execution.tx_hashes,
+        )?;
         self.head = header.clone();
         self.validator_set = execution.next_validator_set;
         Ok(())

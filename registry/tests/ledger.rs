@@ -357,7 +357,11 @@ fn a_block_of_pooled_transactions_is_not_reverified_but_strangers_are() {
         )
         .unwrap();
     // A validator whose mempool holds only `good` still rejects `forged`.
-    let execution = env.ledger.validate_prechecked(&block, |i| i == 0).unwrap();
+    let pooled = good.hash();
+    let execution = env
+        .ledger
+        .validate_prechecked(&block, |hash| *hash == pooled)
+        .unwrap();
     assert_eq!(execution.results[0], Ok(()));
     assert!(matches!(
         execution.results[1],

@@ -197,6 +197,7 @@ impl Replay {
         let execution = execute_block_prechecked(
             &self.nodes,
             &block.transactions,
+            b.tx_hashes.clone(),
             b.stateless,
             height,
             header.timestamp_ms,

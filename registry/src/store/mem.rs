@@ -89,12 +89,13 @@ impl LedgerStore for MemLedgerStore {
         committed: &CommittedBlock,
         tree: &TreeBatch,
         results: &[TxResult],
+        tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
-        check_append(self.head()?, committed, tree, results)?;
+        check_append(self.head()?, committed, tree, results, tx_hashes)?;
         let height = committed.block.header.height;
-        for (index, (tx, result)) in committed.block.transactions.iter().zip(results).enumerate() {
+        for (index, (tx_hash, result)) in tx_hashes.iter().zip(results).enumerate() {
             // The first commit of a hash wins; a later copy was a rejected replay.
-            self.txs.entry(tx.hash()).or_insert_with(|| TxLocation {
+            self.txs.entry(*tx_hash).or_insert_with(|| TxLocation {
                 version: TxLocation::VERSION,
                 height,
                 index: index as u32,

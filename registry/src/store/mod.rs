@@ -73,13 +73,15 @@ pub trait LedgerStore: NodeReader {
         header: &Header,
         tree: &TreeBatch,
     ) -> Result<(), StoreError>;
-    /// Appends the block at `head + 1` with its tree nodes and per-transaction
-    /// results, atomically and durably.
+    /// Appends the block at `head + 1` with its tree nodes, per-transaction
+    /// results and transaction hashes (in block order), atomically and
+    /// durably.
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
         tree: &TreeBatch,
         results: &[TxResult],
+        tx_hashes: &[Hash],
     ) -> Result<(), StoreError>;
     /// The node's own durable key/value pairs (e.g. consensus safety state);
     /// written synchronously, in a namespace of their own.
@@ -98,6 +100,7 @@ fn check_append(
     committed: &CommittedBlock,
     tree: &TreeBatch,
     results: &[TxResult],
+    tx_hashes: &[Hash],
 ) -> Result<(), StoreError> {
     let height = committed.block.header.height;
     let Some(head) = head else {
@@ -114,11 +117,12 @@ fn check_append(
             "tree batch root differs from the header's state root".into(),
         ));
     }
-    if results.len() != committed.block.transactions.len() {
+    let count = committed.block.transactions.len();
+    if results.len() != count || tx_hashes.len() != count {
         return Err(StoreError::Order(format!(
-            "{} results for {} transactions",
+            "{} results and {} hashes for {count} transactions",
             results.len(),
-            committed.block.transactions.len()
+            tx_hashes.len()
         )));
     }
     Ok(())

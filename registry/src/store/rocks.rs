@@ -227,8 +227,9 @@ impl LedgerStore for RocksLedgerStore {
         committed: &CommittedBlock,
         tree: &TreeBatch,
         results: &[TxResult],
+        tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
-        check_append(self.head, committed, tree, results)?;
+        check_append(self.head, committed, tree, results, tx_hashes)?;
         let block = &committed.block;
         let height = block.header.height;
         let mut batch = WriteBatch::default();
@@ -246,8 +247,7 @@ impl LedgerStore for RocksLedgerStore {
         self.add_tree_batch(&mut batch, tree)?;
         let txs = self.cf(CF_TXS)?;
         let mut seen = std::collections::HashSet::new();
-        for (index, (tx, result)) in block.transactions.iter().zip(results).enumerate() {
-            let tx_hash = tx.hash();
+        for (index, (&tx_hash, result)) in tx_hashes.iter().zip(results).enumerate() {
             // The first commit of a hash wins; a later copy was a rejected replay.
             if !seen.insert(tx_hash) || self.get(CF_TXS, &tx_hash.0)?.is_some() {
                 continue;

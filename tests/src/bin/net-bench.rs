@@ -658,6 +658,10 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         args.batch,
     )?;
     print_latency("latency, half saturation", &half);
+    println!(
+        "  consensus round timeouts so far, all nodes together: {}",
+        metric_total(nodes, "keyreg_round_timeouts_total")
+    );
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
     revocation_phase(

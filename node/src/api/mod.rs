@@ -124,14 +124,19 @@ fn tx_error_code(e: &TxError) -> String {
     code
 }
 
-fn submit_error(e: SubmitError) -> ApiError {
+/// The API error for a refused submission; a full mempool or admission
+/// queue is counted in `keyreg_api_rejected_total`.
+fn refused(shared: &Shared, e: SubmitError) -> ApiError {
     match &e {
         SubmitError::TooLarge(_) => ApiError::bad_request("too_large", &e),
         SubmitError::Malformed(_) => ApiError::bad_request("malformed", &e),
         SubmitError::Invalid(tx_error) => ApiError::bad_request(tx_error_code(tx_error), &e),
         SubmitError::AlreadyKnown => ApiError::new(StatusCode::CONFLICT, "already_known", &e),
-        SubmitError::Busy => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", &e)
-            .with_retry_after(std::time::Duration::from_secs(1)),
+        SubmitError::Busy => {
+            shared.metrics.count_rejection(Rejection::MempoolFull);
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", &e)
+                .with_retry_after(std::time::Duration::from_secs(1))
+        }
         SubmitError::Internal(_) => ApiError::internal(&e),
     }
 }
@@ -181,12 +186,10 @@ async fn submit_transaction(
     let bytes = body
         .tx_bytes()
         .map_err(|e| ApiError::bad_request("bad_hex", format!("tx is not hex: {e}")))?;
-    let hash = shared.submit(bytes).await.map_err(|e| {
-        if matches!(e, SubmitError::Busy) {
-            shared.metrics.count_rejection(Rejection::MempoolFull);
-        }
-        submit_error(e)
-    })?;
+    let hash = shared
+        .submit(bytes)
+        .await
+        .map_err(|e| refused(&shared, e))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"hash": hash.to_hex(), "status": "pending"})),
@@ -204,17 +207,15 @@ async fn submit_transactions(
     let txs = body
         .txs_bytes()
         .map_err(|e| ApiError::bad_request("bad_batch", e))?;
-    let verdicts = shared.submit_many(txs).await.map_err(|e| {
-        if matches!(e, SubmitError::Busy) {
-            shared.metrics.count_rejection(Rejection::MempoolFull);
-        }
-        submit_error(e)
-    })?;
+    let verdicts = shared
+        .submit_many(txs)
+        .await
+        .map_err(|e| refused(&shared, e))?;
     let results: Vec<Value> = verdicts
         .into_iter()
         .map(|verdict| match verdict {
             Ok(hash) => json!({"hash": hash.to_hex(), "status": "pending"}),
-            Err(e) => submit_error(e).body(),
+            Err(e) => refused(&shared, e).body(),
         })
         .collect();
     ok(json!({ "results": results }))

@@ -114,22 +114,21 @@ pub fn consensus_message(data: &[u8]) {
                 .ok_or(())?;
             Ok::<_, ()>(BlockValue(compact.into_block(txs)))
         });
-        let Ok(message) = rebuilt else {
-            return;
-        };
-        if let (true, MessageBody::Proposal(proposal)) = (verified, &message.body) {
-            let _ = f.ledger.validate(&proposal.value.0);
+        if let Ok(message) = rebuilt {
+            if let (true, MessageBody::Proposal(proposal)) = (verified, &message.body) {
+                let _ = f.ledger.validate(&proposal.value.0);
+            }
+            let mut engine = Engine::<BlockValue>::new(
+                Config::default(),
+                None,
+                CHAIN,
+                ENGINE_HEIGHT,
+                f.next_set.clone(),
+            )
+            .expect("the fixture's engine configuration is valid");
+            let _ = engine.start();
+            let _ = engine.handle(Event::Message(message));
         }
-        let mut engine = Engine::<BlockValue>::new(
-            Config::default(),
-            None,
-            CHAIN,
-            ENGINE_HEIGHT,
-            f.next_set.clone(),
-        )
-        .expect("the fixture's engine configuration is valid");
-        let _ = engine.start();
-        let _ = engine.handle(Event::Message(message));
     }
     if let Ok(evidence) = Evidence::from_bytes(data) {
         assert_canonical(&evidence, data);

@@ -59,6 +59,24 @@ fn seeds_reach_the_deep_checks() {
             "transaction" => {
                 Transaction::from_wire(&seed.bytes, CHAIN).expect("seed transactions are valid");
             }
+            "consensus_message" if seed.name == "proposal" => {
+                use keyreg_consensus::messages::{decode_message, MessageBody};
+                use keyreg_registry::wire::CompactBlock;
+                let message = decode_message::<CompactBlock>(&seed.bytes, seed.bytes.len())
+                    .expect("the proposal seed decodes as the node gossips it");
+                message
+                    .verify(CHAIN, &f.next_set)
+                    .expect("the proposal seed is signed by its proposer");
+                let MessageBody::Proposal(proposal) = message.body else {
+                    panic!("the proposal seed is a proposal");
+                };
+                proposal.value.check().expect("its hashes match its root");
+                assert_eq!(
+                    proposal.value.tx_hashes,
+                    f.proposal.tx_hashes(),
+                    "it names the fixture's transactions, so the target rebuilds it"
+                );
+            }
             "device_proof" => {
                 let proof = DeviceProof::from_bytes(&seed.bytes).expect("seed proofs decode");
                 verify_device_proof(CHAIN, &f.set, &proof).expect("seed proofs verify");

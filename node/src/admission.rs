@@ -231,3 +231,24 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admission_queue_is_bounded_by_bytes_as_well_as_by_count() {
+        let (arrivals, mut queue) = Arrivals::new();
+        let batch = vec![0u8; 1 << 20];
+        let mut queued = 0;
+        while arrivals.try_queue(Arrival::Gossiped(batch.clone())).is_ok() {
+            queued += 1;
+            assert!(queued <= QUEUE, "the byte budget never bound");
+        }
+        assert_eq!(queued, QUEUED_BYTES >> 20);
+        assert!(arrivals.try_queue(Arrival::Gossiped(vec![0])).is_err());
+        // An arrival taken out (admitted) gives its bytes back.
+        drop(queue.try_recv().expect("a queued arrival"));
+        assert!(arrivals.try_queue(Arrival::Gossiped(batch)).is_ok());
+    }
+}

@@ -310,3 +310,78 @@ mod tx_batch_tests {
         assert_eq!(decode_tx_batch(&empty_tx), Err(TxBatchError::Length(0)));
     }
 }
+
+#[cfg(test)]
+mod compact_block_tests {
+    use keyreg_consensus::crypto::Hash;
+
+    use super::*;
+    use crate::testkit::test_key;
+    use crate::tx::{Authority, Revocation, TxBody};
+    use crate::DeviceName;
+
+    fn block(txs: usize) -> Block {
+        let admin = test_key("admin");
+        let transactions: Vec<Transaction> = (0..txs)
+            .map(|i| {
+                let name = DeviceName::new(&format!("org/device-{i}")).unwrap();
+                let body = TxBody::RevokeDevice(Revocation {
+                    name,
+                    reason: "test".into(),
+                    authority: Authority::Admin,
+                });
+                Transaction::new("chain", body).signed_by(&[&admin])
+            })
+            .collect();
+        let hashes: Vec<Hash> = transactions.iter().map(Transaction::hash).collect();
+        let header = Header {
+            version: Header::VERSION,
+            chain_id: "chain".into(),
+            epoch: 0,
+            height: 1,
+            prev_hash: Hash([1; 32]),
+            timestamp_ms: 1,
+            proposer: admin.public(),
+            tx_root: tx_root(&hashes),
+            state_root: Hash([2; 32]),
+            validator_set_hash: Hash([3; 32]),
+            next_validator_set_hash: Hash([3; 32]),
+        };
+        Block {
+            version: Block::VERSION,
+            header,
+            transactions,
+        }
+    }
+
+    #[test]
+    fn a_compact_block_names_the_block_and_rebuilds_it() {
+        let block = block(3);
+        let compact = CompactBlock::of(&block, None);
+        assert_eq!(compact, CompactBlock::of(&block, Some(block.tx_hashes())));
+        assert_eq!(
+            compact.hash(),
+            block.hash(),
+            "both forms carry one signature"
+        );
+        compact.check().unwrap();
+        assert_eq!(compact.into_block(block.transactions.clone()), block);
+    }
+
+    #[test]
+    fn hashes_that_do_not_match_the_root_or_exceed_a_block_are_refused() {
+        let block = block(2);
+        let mut swapped = CompactBlock::of(&block, None);
+        swapped.tx_hashes.reverse();
+        assert_eq!(swapped.check(), Err(CompactBlockError::TxRoot));
+        let mut dropped = CompactBlock::of(&block, None);
+        dropped.tx_hashes.pop();
+        assert_eq!(dropped.check(), Err(CompactBlockError::TxRoot));
+        let mut huge = CompactBlock::of(&block, None);
+        huge.tx_hashes = vec![Hash([0; 32]); MAX_BLOCK_TXS + 1];
+        assert_eq!(
+            huge.check(),
+            Err(CompactBlockError::TooManyTxs(MAX_BLOCK_TXS + 1))
+        );
+    }
+}

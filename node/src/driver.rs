@@ -13,8 +13,10 @@
 //! * Commit writes block, certificate, tree nodes and indexes in one atomic
 //!   synced batch (the ledger's), updates the mempool, and at an epoch change
 //!   updates the network allow-list.
-//! * Pacing: the next height starts at least `min_block_interval` after the
-//!   previous commit and only once transactions are waiting, except that an
+//! * Pacing: the next height starts once transactions are waiting and
+//!   `min_block_interval` has passed since the previous commit, shortened in
+//!   proportion to how much of a block is waiting (a full block's worth
+//!   starts at once), except that an
 //!   empty "heartbeat" block is produced every `heartbeat_interval` so
 //!   certified headers stay fresh for light clients. A message for the next
 //!   height from another validator starts it at once.
@@ -87,7 +89,7 @@ fn engine_config(c: &ConsensusConfig) -> keyreg_consensus::Config {
 
 /// When the next height may start (see the module docs).
 struct PendingStart {
-    earliest: Instant,
+    committed: Instant,
     latest: Instant,
 }
 
@@ -405,12 +407,14 @@ impl Driver {
             let mempool = self.shared.mempool();
             (mempool.len(), mempool.bytes())
         };
-        // A full block's worth waits for nobody: the minimum interval is
-        // there to fill blocks at low load, not to idle under load.
-        let full_block = waiting_bytes >= MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES
-            || waiting_txs >= MAX_TXS_PER_PROPOSAL;
-        let ready =
-            now >= pending.latest || full_block || (now >= pending.earliest && waiting_txs > 0);
+        // The interval is there to fill blocks at low load, not to idle
+        // under load: it shrinks as the waiting transactions fill a block,
+        // and a full block's worth waits for nobody.
+        let fill = (waiting_bytes as f64 / (MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES) as f64)
+            .max(waiting_txs as f64 / MAX_TXS_PER_PROPOSAL as f64)
+            .min(1.0);
+        let wait = self.min_interval.mul_f64(1.0 - fill);
+        let ready = now >= pending.latest || (waiting_txs > 0 && now >= pending.committed + wait);
         if ready {
             self.start_next_height().await?;
         }
@@ -633,7 +637,7 @@ impl Driver {
         let now = Instant::now();
         let follower = next_set.index_of(&self.key.public()).is_none();
         self.pending_start = Some(PendingStart {
-            earliest: now + self.min_interval,
+            committed: now,
             // A follower (observer) never proposes: no reason to wait.
             latest: if follower { now } else { now + self.heartbeat },
         });

@@ -190,10 +190,12 @@ async fn submit_transaction(
         .submit(bytes)
         .await
         .map_err(|e| refused(&shared, e))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"hash": hash.to_hex(), "status": "pending"})),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(pending(hash))))
+}
+
+/// An admitted submission's answer.
+fn pending(hash: Hash) -> Value {
+    json!({"hash": hash.to_hex(), "status": "pending"})
 }
 
 /// `POST /v1/transactions/batch`: 200 with one verdict per transaction, in
@@ -214,7 +216,7 @@ async fn submit_transactions(
     let results: Vec<Value> = verdicts
         .into_iter()
         .map(|verdict| match verdict {
-            Ok(hash) => json!({"hash": hash.to_hex(), "status": "pending"}),
+            Ok(hash) => pending(hash),
             Err(e) => refused(&shared, e).body(),
         })
         .collect();

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::network::{NetworkHandle, Topic};
-use crate::node::{Shared, SubmitError};
+use crate::node::{recv_or_shutdown, Shared, SubmitError};
 
 /// Arrivals waiting for admission, and admitted transactions waiting to be
 /// gossiped.
@@ -78,7 +78,6 @@ pub struct Queued {
 }
 
 /// The sending side of the admission queue, bounded by count and bytes.
-#[derive(Clone)]
 pub struct Arrivals {
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
@@ -117,12 +116,8 @@ pub async fn publish_batches(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let first = tokio::select! {
-            tx = outbox.recv() => match tx {
-                Some(tx) => tx,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
+        let Some(first) = recv_or_shutdown(&mut outbox, &mut shutdown).await else {
+            return;
         };
         let linger_until = Instant::now() + GOSSIP_LINGER;
         let mut bytes = first.len();
@@ -171,12 +166,8 @@ pub async fn admit_arrivals(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let first = tokio::select! {
-            arrival = arrivals.recv() => match arrival {
-                Some(arrival) => arrival,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
+        let Some(first) = recv_or_shutdown(&mut arrivals, &mut shutdown).await else {
+            return;
         };
         let mut round = vec![first];
         while round.len() < MAX_ARRIVALS_PER_ROUND {

@@ -502,17 +502,22 @@ impl Driver {
     /// are not in its mempool so that peers can fetch them here.
     fn compact(&self, message: Message<BlockValue>) -> Message<CompactBlock> {
         let Ok(message) = message.map_value(|BlockValue(block)| {
-            let hashes = match self.executions.get(&block.hash()) {
+            // The execution of a block this node proposed or validated
+            // already hashed its transactions.
+            let tx_hashes = match self.executions.get(&block.hash()) {
                 Some(execution) => execution.tx_hashes.clone(),
                 None => block.tx_hashes(),
             };
             self.shared.keep_proposal_txs(
-                hashes
+                tx_hashes
                     .iter()
                     .copied()
                     .zip(block.transactions.iter().map(Cow::Borrowed)),
             );
-            Ok::<_, std::convert::Infallible>(CompactBlock::of(&block, Some(hashes)))
+            Ok::<_, std::convert::Infallible>(CompactBlock {
+                header: block.header,
+                tx_hashes,
+            })
         });
         message
     }

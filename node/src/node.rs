@@ -552,6 +552,18 @@ async fn start_with(
     })
 }
 
+/// The next item of `queue`, or `None` once the queue closes or shutdown is
+/// signalled: the loop of every task that drains a queue.
+pub(crate) async fn recv_or_shutdown<T>(
+    queue: &mut mpsc::Receiver<T>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<T> {
+    tokio::select! {
+        item = queue.recv() => item,
+        _ = shutdown.changed() => None,
+    }
+}
+
 /// Dispatches network events: consensus gossip to the driver, transaction
 /// batches to admission ([`admission`]), sync requests to the sync server.
 async fn route_network_events(
@@ -561,12 +573,8 @@ async fn route_network_events(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let event = tokio::select! {
-            event = events.recv() => match event {
-                Some(event) => event,
-                None => return,
-            },
-            _ = shutdown.changed() => return,
+        let Some(event) = recv_or_shutdown(&mut events, &mut shutdown).await else {
+            return;
         };
         match event {
             NetworkEvent::Gossip {

@@ -55,12 +55,11 @@ pub enum CompactBlockError {
 }
 
 impl CompactBlock {
-    /// The compact form of `block` (`tx_hashes`: its transactions' hashes,
-    /// when the caller knows them).
-    pub fn of(block: &Block, tx_hashes: Option<Vec<Hash>>) -> Self {
+    /// The compact form of `block`.
+    pub fn of(block: &Block) -> Self {
         CompactBlock {
             header: block.header.clone(),
-            tx_hashes: tx_hashes.unwrap_or_else(|| block.tx_hashes()),
+            tx_hashes: block.tx_hashes(),
         }
     }
 
@@ -357,8 +356,8 @@ mod compact_block_tests {
     #[test]
     fn a_compact_block_names_the_block_and_rebuilds_it() {
         let block = block(3);
-        let compact = CompactBlock::of(&block, None);
-        assert_eq!(compact, CompactBlock::of(&block, Some(block.tx_hashes())));
+        let compact = CompactBlock::of(&block);
+        assert_eq!(compact.tx_hashes, block.tx_hashes());
         assert_eq!(
             compact.hash(),
             block.hash(),
@@ -371,13 +370,13 @@ mod compact_block_tests {
     #[test]
     fn hashes_that_do_not_match_the_root_or_exceed_a_block_are_refused() {
         let block = block(2);
-        let mut swapped = CompactBlock::of(&block, None);
+        let mut swapped = CompactBlock::of(&block);
         swapped.tx_hashes.reverse();
         assert_eq!(swapped.check(), Err(CompactBlockError::TxRoot));
-        let mut dropped = CompactBlock::of(&block, None);
+        let mut dropped = CompactBlock::of(&block);
         dropped.tx_hashes.pop();
         assert_eq!(dropped.check(), Err(CompactBlockError::TxRoot));
-        let mut huge = CompactBlock::of(&block, None);
+        let mut huge = CompactBlock::of(&block);
         huge.tx_hashes = vec![Hash([0; 32]); MAX_BLOCK_TXS + 1];
         assert_eq!(
             huge.check(),

@@ -51,7 +51,7 @@ pub fn all() -> Vec<Seed> {
             .expect("every epoch-1 validator's key is in the fixture")
     };
     let proposer = key_of(proposer_index(set, ENGINE_HEIGHT, 0));
-    let value = CompactBlock::of(&f.proposal, None);
+    let value = CompactBlock::of(&f.proposal);
     let proposal = ProposalData {
         version: ProposalData::VERSION,
         chain_id: CHAIN.into(),

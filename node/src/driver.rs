@@ -36,6 +36,7 @@ use keyreg_consensus::{
 use keyreg_registry::block::{BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use keyreg_registry::execute::BlockExecution;
 use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transaction};
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -102,6 +103,9 @@ pub struct Driver {
     /// so a commit does not execute the block twice.
     executions: HashMap<Hash, BlockExecution>,
     pending_start: Option<PendingStart>,
+    /// When this node started the current height (`None` until it does:
+    /// the first height after start-up or sync is not timed).
+    height_started: Option<Instant>,
     min_interval: Duration,
     heartbeat: Duration,
     /// 0: keep every tree version (see `StorageConfig`).
@@ -112,6 +116,10 @@ pub struct Driver {
     /// Proposals (by value hash) whose missing transactions are being
     /// fetched; at most [`MAX_FETCHES`].
     fetching: HashSet<Hash>,
+}
+
+fn observe_since(histogram: &Histogram, started: Instant) {
+    histogram.observe(started.elapsed().as_secs_f64());
 }
 
 fn consensus_error(e: impl std::fmt::Display) -> NodeError {
@@ -164,6 +172,7 @@ impl Driver {
             timers: BinaryHeap::new(),
             executions: HashMap::new(),
             pending_start: None,
+            height_started: None,
             min_interval: Duration::from_millis(config.min_block_interval_ms),
             heartbeat: Duration::from_millis(config.heartbeat_interval_ms),
             keep_tree_versions,
@@ -295,7 +304,7 @@ impl Driver {
             }
         };
         let Ok(message) = message.map_value(|compact| {
-            Ok::<_, std::convert::Infallible>(BlockValue(compact.into_block(txs)))
+            Ok::<_, std::convert::Infallible>(BlockValue(Arc::new(compact.into_block(txs))))
         });
         Some(message)
     }
@@ -365,7 +374,7 @@ impl Driver {
             }
             let actions = self.engine.handle(Event::CommittedBlock {
                 height,
-                value: BlockValue(committed.block),
+                value: BlockValue(Arc::new(committed.block)),
                 certificate: committed.certificate,
             });
             self.execute(actions).await?;
@@ -385,14 +394,15 @@ impl Driver {
             let Some(Reverse((_, timeout))) = self.timers.pop() else {
                 break;
             };
+            let before = (self.engine.height(), self.engine.round(), self.engine.step());
+            let actions = self.engine.handle(Event::Timeout(timeout));
+            // Only a timeout that moved the engine on counts: one that fires
+            // after its step was left is stale.
             if timeout.kind != TimeoutKind::Rebroadcast
-                && timeout.height == self.engine.height()
-                && timeout.round == self.engine.round()
-                && !self.engine.is_decided()
+                && before != (self.engine.height(), self.engine.round(), self.engine.step())
             {
                 self.shared.metrics.round_timeouts.inc();
             }
-            let actions = self.engine.handle(Event::Timeout(timeout));
             self.execute(actions).await?;
         }
         Ok(())
@@ -423,6 +433,7 @@ impl Driver {
 
     async fn start_next_height(&mut self) -> Result<(), NodeError> {
         self.pending_start = None;
+        self.height_started = Some(Instant::now());
         let set = self.shared.read_ledger().validator_set().clone();
         let actions = self.engine.start_height(set).map_err(consensus_error)?;
         self.execute(actions).await
@@ -441,10 +452,12 @@ impl Driver {
             );
             match action {
                 Action::Persist(state) => {
+                    let started = Instant::now();
                     self.shared
                         .write_ledger()
                         .store_mut()
                         .put_meta(SAFETY_KEY, &state.to_bytes())?;
+                    observe_since(&self.shared.metrics.safety_persist_seconds, started);
                 }
                 Action::Broadcast(message) => {
                     let message = self.compact(message);
@@ -486,7 +499,11 @@ impl Driver {
                     height,
                     value,
                     certificate,
-                } => self.commit(height, value.0, certificate).await?,
+                } => {
+                    // The engine may still share the value: copy it then.
+                    let block = Arc::unwrap_or_clone(value.0);
+                    self.commit(height, block, certificate).await?
+                }
                 Action::Evidence(evidence) => self.record_evidence(&evidence)?,
                 Action::NeedSync { height } => {
                     // A full queue already has a sync round coming.
@@ -515,7 +532,7 @@ impl Driver {
                     .zip(block.transactions.iter().map(Cow::Borrowed)),
             );
             Ok::<_, std::convert::Infallible>(CompactBlock {
-                header: block.header,
+                header: block.header.clone(),
                 tx_hashes,
             })
         });
@@ -539,10 +556,13 @@ impl Driver {
         // Every transaction comes from the mempool, which admits only those
         // that passed the stateless checks: their signatures are not
         // verified again.
-        match ledger.propose(txs, timestamp_ms, self.key.public(), |_| true) {
+        let started = Instant::now();
+        let proposal = ledger.propose(txs, timestamp_ms, self.key.public(), |_| true);
+        observe_since(&self.shared.metrics.block_execute_seconds, started);
+        match proposal {
             Ok((block, execution)) => {
                 self.executions.insert(block.hash(), execution);
-                Some(BlockValue(block))
+                Some(BlockValue(Arc::new(block)))
             }
             Err(e) => {
                 tracing::error!(height, error = %e, "cannot build a proposal");
@@ -573,9 +593,13 @@ impl Driver {
     /// mempool passed the stateless checks on entry, so only the others'
     /// signatures are verified.
     fn validate_known(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
-        self.shared
+        let started = Instant::now();
+        let execution = self
+            .shared
             .read_ledger()
-            .validate_prechecked(block, |hash| self.shared.mempool().contains(hash))
+            .validate_prechecked(block, |hash| self.shared.mempool().contains(hash));
+        observe_since(&self.shared.metrics.block_execute_seconds, started);
+        execution
     }
 
     async fn commit(
@@ -595,12 +619,17 @@ impl Driver {
             block,
             certificate,
         };
+        let started = Instant::now();
         let (old_epoch, next_set) = {
             let mut ledger = self.shared.write_ledger();
             let old_epoch = ledger.validator_set().epoch;
             ledger.commit(&committed, execution)?;
             (old_epoch, ledger.validator_set().clone())
         };
+        observe_since(&self.shared.metrics.block_commit_seconds, started);
+        if let Some(height_started) = self.height_started.take() {
+            observe_since(&self.shared.metrics.height_seconds, height_started);
+        }
         self.executions.clear();
         self.shared.clear_proposal_txs();
         self.shared.set_height(height);

@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Why the API turned a request away without serving it.
@@ -46,7 +47,8 @@ pub struct Metrics {
     pub transactions: Counter,
     /// Transactions waiting in the mempool.
     pub mempool_size: Gauge,
-    /// Consensus round timeouts (propose, prevote or precommit) that fired.
+    /// Consensus round timeouts (propose, prevote or precommit) that moved
+    /// the engine on; one firing after its step was left does not count.
     pub round_timeouts: Counter,
     /// Transactions of compact proposals fetched from peers because this
     /// node did not hold them (gossip had not brought them yet).
@@ -57,6 +59,20 @@ pub struct Metrics {
     pub sync_lag: Gauge,
     /// API requests turned away, by reason.
     api_rejected: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Executing a block against its parent (proposing or validating it).
+    pub block_execute_seconds: Histogram,
+    /// Committing a block: its certificate check and its one atomic synced write.
+    pub block_commit_seconds: Histogram,
+    /// The synced write of the consensus safety state before a vote leaves.
+    pub safety_persist_seconds: Histogram,
+    /// From this node starting a height to committing it.
+    pub height_seconds: Histogram,
+}
+
+/// 1 ms to ~16 s in doublings: stage timings from a fast commit to a
+/// stalled round fall in distinct buckets.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
 impl Metrics {
@@ -71,6 +87,10 @@ impl Metrics {
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
         let api_rejected = Family::default();
+        let block_execute_seconds = seconds_histogram();
+        let block_commit_seconds = seconds_histogram();
+        let safety_persist_seconds = seconds_histogram();
+        let height_seconds = seconds_histogram();
         registry.register(
             "height",
             "Height of the latest committed block",
@@ -89,7 +109,7 @@ impl Metrics {
         );
         registry.register(
             "round_timeouts",
-            "Consensus round timeouts that fired",
+            "Consensus round timeouts that moved the engine on (a step timed out)",
             round_timeouts.clone(),
         );
         registry.register(
@@ -108,6 +128,26 @@ impl Metrics {
             "API requests turned away (overload, rate limits, full mempool)",
             api_rejected.clone(),
         );
+        registry.register(
+            "block_execute_seconds",
+            "Executing a block against its parent state (propose or validate)",
+            block_execute_seconds.clone(),
+        );
+        registry.register(
+            "block_commit_seconds",
+            "Committing a block (certificate check, atomic synced store write)",
+            block_commit_seconds.clone(),
+        );
+        registry.register(
+            "safety_persist_seconds",
+            "Synced writes of the consensus safety state before votes",
+            safety_persist_seconds.clone(),
+        );
+        registry.register(
+            "height_seconds",
+            "From starting a height to committing it",
+            height_seconds.clone(),
+        );
         Metrics {
             registry: std::sync::Arc::new(registry),
             height,
@@ -119,6 +159,10 @@ impl Metrics {
             peers,
             sync_lag,
             api_rejected,
+            block_execute_seconds,
+            block_commit_seconds,
+            safety_persist_seconds,
+            height_seconds,
         }
     }
 
@@ -156,6 +200,7 @@ mod tests {
         m.height.set(42);
         m.commits.inc();
         m.count_rejection(Rejection::Overloaded);
+        m.block_commit_seconds.observe(0.003);
         let text = m.render();
         for name in [
             "keyreg_height 42",
@@ -166,6 +211,10 @@ mod tests {
             "keyreg_peers 0",
             "keyreg_sync_lag 0",
             "keyreg_api_rejected_total{reason=\"overloaded\"} 1",
+            "keyreg_block_commit_seconds_count 1",
+            "keyreg_block_commit_seconds_bucket{le=\"0.002\"} 0",
+            "keyreg_block_commit_seconds_bucket{le=\"0.004\"} 1",
+            "keyreg_height_seconds_count 0",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -5,6 +5,8 @@
 //! They live here, not in `keyreg-node`, so the fuzz targets decode them with
 //! the node's own types and functions without building RocksDB or libp2p.
 
+use std::sync::Arc;
+
 use bincode::{Decode, Encode};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::messages::Payload;
@@ -18,9 +20,10 @@ use crate::{Block, CommittedBlock};
 
 /// A block as the consensus engine's value: consensus votes for its header
 /// hash. On the wire it is exactly a [`Block`] (a one-field tuple struct
-/// encodes as its field).
+/// encodes as its field). Shared, so the engine's copies (proposals, the
+/// valid value, actions, the persisted state) cost nothing per transaction.
 #[derive(Clone, Debug, PartialEq, Encode, Decode)]
-pub struct BlockValue(pub Block);
+pub struct BlockValue(pub Arc<Block>);
 
 impl Payload for BlockValue {
     fn hash(&self) -> Hash {

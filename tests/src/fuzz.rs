@@ -112,7 +112,7 @@ pub fn consensus_message(data: &[u8]) {
                 .map(|hash| held.get(hash).map(|tx| (*tx).clone()))
                 .collect::<Option<Vec<_>>>()
                 .ok_or(())?;
-            Ok::<_, ()>(BlockValue(compact.into_block(txs)))
+            Ok::<_, ()>(BlockValue(std::sync::Arc::new(compact.into_block(txs))))
         });
         if let Ok(message) = rebuilt {
             if let (true, MessageBody::Proposal(proposal)) = (verified, &message.body) {

@@ -649,6 +649,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let half_rate = (throughput / 2.0).max(1.0);
     let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
     let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
+    let stages_before = stage_histograms(nodes);
     let half = latency_run(
         net,
         &watcher,
@@ -658,6 +659,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         args.batch,
     )?;
     print_latency("latency, half saturation", &half);
+    print_stages(&stages_before, &stage_histograms(nodes));
     println!(
         "  consensus round timeouts so far, all nodes together: {}",
         metric_total(nodes, "keyreg_round_timeouts_total")
@@ -691,6 +693,127 @@ fn metric_total(nodes: &[NodeClient], name: &str) -> u64 {
                 .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
         })
         .sum()
+}
+
+/// The nodes' timing histograms of a height's stages, in pipeline order.
+const STAGES: [(&str, &str); 4] = [
+    ("keyreg_block_execute_seconds", "execute a proposal"),
+    ("keyreg_safety_persist_seconds", "persist before a vote"),
+    ("keyreg_block_commit_seconds", "commit (synced write)"),
+    ("keyreg_height_seconds", "height start to commit"),
+];
+
+/// A Prometheus histogram summed over nodes: cumulative counts by upper
+/// bound (ascending), and the number of observations.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Histogram {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn add_line(&mut self, name: &str, line: &str) {
+        let Some(rest) = line.strip_prefix(name) else {
+            return;
+        };
+        let mut parts = rest.rsplitn(2, ' ');
+        let (Some(value), Some(series)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            return;
+        };
+        if series == "_sum" {
+            self.sum += value;
+        } else if series == "_count" {
+            self.count += value as u64;
+        } else if let Some(le) = series
+            .strip_prefix("_bucket{le=\"")
+            .and_then(|b| b.strip_suffix("\"}"))
+        {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            match self.buckets.iter_mut().find(|(b, _)| *b == bound) {
+                Some((_, n)) => *n += value as u64,
+                None => self.buckets.push((bound, value as u64)),
+            }
+        }
+    }
+
+    /// What was observed after `earlier`.
+    fn since(&self, earlier: &Histogram) -> Histogram {
+        let before = |bound: f64| {
+            earlier
+                .buckets
+                .iter()
+                .find(|(b, _)| *b == bound)
+                .map_or(0, |(_, n)| *n)
+        };
+        Histogram {
+            buckets: self
+                .buckets
+                .iter()
+                .map(|&(b, n)| (b, n.saturating_sub(before(b))))
+                .collect(),
+            sum: self.sum - earlier.sum,
+            count: self.count.saturating_sub(earlier.count),
+        }
+    }
+
+    /// The upper bound of the bucket holding quantile `q`.
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let rank = (q * self.count as f64).ceil().max(1.0) as u64;
+        self.buckets
+            .iter()
+            .find(|(_, n)| *n >= rank)
+            .map_or(f64::INFINITY, |(b, _)| *b)
+    }
+}
+
+fn stage_histograms(nodes: &[NodeClient]) -> Vec<Histogram> {
+    let texts: Vec<String> = nodes
+        .iter()
+        .filter_map(|node| {
+            ureq::get(&format!("{}/metrics", node.url()))
+                .call()
+                .ok()?
+                .into_string()
+                .ok()
+        })
+        .collect();
+    STAGES
+        .iter()
+        .map(|(name, _)| {
+            let mut histogram = Histogram::default();
+            for line in texts.iter().flat_map(|t| t.lines()) {
+                histogram.add_line(name, line);
+            }
+            histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            histogram
+        })
+        .collect()
+}
+
+fn print_stages(before: &[Histogram], after: &[Histogram]) {
+    println!("  where the nodes' heights spent their time meanwhile (all nodes; bucket bounds):");
+    for ((_, label), (before, after)) in STAGES.iter().zip(before.iter().zip(after)) {
+        let h = after.since(before);
+        if h.count == 0 {
+            continue;
+        }
+        println!(
+            "    {label:<24} {:>6} times, mean {:>6.1} ms, p50 <= {:>5.0} ms, p99 <= {:>5.0} ms, max <= {:>5.0} ms",
+            h.count,
+            h.sum / h.count as f64 * 1e3,
+            h.quantile_bound(0.5) * 1e3,
+            h.quantile_bound(0.99) * 1e3,
+            h.quantile_bound(1.0) * 1e3,
+        );
+    }
 }
 
 /// Item 4: client-side verification cost of a look-up, and one node's serving rate.
@@ -865,4 +988,36 @@ fn revocation_phase(
         println!("  revocation issue: {f}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Histogram;
+
+    fn parsed(text: &str) -> Histogram {
+        let mut h = Histogram::default();
+        for line in text.lines() {
+            h.add_line("keyreg_x_seconds", line);
+        }
+        h.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        h
+    }
+
+    #[test]
+    fn histograms_sum_over_nodes_and_subtract_and_give_quantile_buckets() {
+        let node = "keyreg_x_seconds_sum 0.5\nkeyreg_x_seconds_count 4\n\
+                    keyreg_x_seconds_bucket{le=\"0.001\"} 1\n\
+                    keyreg_x_seconds_bucket{le=\"0.002\"} 3\n\
+                    keyreg_x_seconds_bucket{le=\"+Inf\"} 4\n\
+                    keyreg_y_seconds_count 100\n";
+        let earlier = parsed(node);
+        let later = parsed(&format!("{node}{node}"));
+        assert_eq!(later.count, 8);
+        assert_eq!(later.buckets[1], (0.002, 6));
+        let delta = later.since(&earlier);
+        assert_eq!(delta, earlier);
+        assert_eq!(delta.quantile_bound(0.25), 0.001);
+        assert_eq!(delta.quantile_bound(0.5), 0.002);
+        assert_eq!(delta.quantile_bound(1.0), f64::INFINITY);
+    }
 }

@@ -394,12 +394,21 @@ impl Driver {
             let Some(Reverse((_, timeout))) = self.timers.pop() else {
                 break;
             };
-            let before = (self.engine.height(), self.engine.round(), self.engine.step());
+            let before = (
+                self.engine.height(),
+                self.engine.round(),
+                self.engine.step(),
+            );
             let actions = self.engine.handle(Event::Timeout(timeout));
             // Only a timeout that moved the engine on counts: one that fires
             // after its step was left is stale.
             if timeout.kind != TimeoutKind::Rebroadcast
-                && before != (self.engine.height(), self.engine.round(), self.engine.step())
+                && before
+                    != (
+                        self.engine.height(),
+                        self.engine.round(),
+                        self.engine.step(),
+                    )
             {
                 self.shared.metrics.round_timeouts.inc();
             }

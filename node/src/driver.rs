@@ -402,15 +402,21 @@ impl Driver {
             let actions = self.engine.handle(Event::Timeout(timeout));
             // Only a timeout that moved the engine on counts: one that fires
             // after its step was left is stale.
-            if timeout.kind != TimeoutKind::Rebroadcast
-                && before
+            let step = match timeout.kind {
+                TimeoutKind::Propose => Some("propose"),
+                TimeoutKind::Prevote => Some("prevote"),
+                TimeoutKind::Precommit => Some("precommit"),
+                TimeoutKind::Rebroadcast => None,
+            };
+            if let Some(step) = step.filter(|_| {
+                before
                     != (
                         self.engine.height(),
                         self.engine.round(),
                         self.engine.step(),
                     )
-            {
-                self.shared.metrics.round_timeouts.inc();
+            }) {
+                self.shared.metrics.count_round_timeout(step);
             }
             self.execute(actions).await?;
         }

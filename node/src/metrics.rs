@@ -47,9 +47,10 @@ pub struct Metrics {
     pub transactions: Counter,
     /// Transactions waiting in the mempool.
     pub mempool_size: Gauge,
-    /// Consensus round timeouts (propose, prevote or precommit) that moved
-    /// the engine on; one firing after its step was left does not count.
-    pub round_timeouts: Counter,
+    /// Consensus round timeouts that moved the engine on, by step
+    /// (propose, prevote, precommit); one firing after its step was left
+    /// does not count.
+    round_timeouts: Family<[(&'static str, &'static str); 1], Counter>,
     /// Transactions of compact proposals fetched from peers because this
     /// node did not hold them (gossip had not brought them yet).
     pub fetched_txs: Counter,
@@ -82,7 +83,7 @@ impl Metrics {
         let commits = Counter::default();
         let transactions = Counter::default();
         let mempool_size = Gauge::default();
-        let round_timeouts = Counter::default();
+        let round_timeouts = Family::default();
         let fetched_txs = Counter::default();
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
@@ -109,7 +110,7 @@ impl Metrics {
         );
         registry.register(
             "round_timeouts",
-            "Consensus round timeouts that moved the engine on (a step timed out)",
+            "Consensus round timeouts that moved the engine on, by step (propose, prevote, precommit)",
             round_timeouts.clone(),
         );
         registry.register(
@@ -166,6 +167,11 @@ impl Metrics {
         }
     }
 
+    /// A round's `step` (`propose`, `prevote` or `precommit`) timed out.
+    pub fn count_round_timeout(&self, step: &'static str) {
+        self.round_timeouts.get_or_create(&[("step", step)]).inc();
+    }
+
     pub fn count_rejection(&self, reason: Rejection) {
         self.api_rejected.get_or_create(&reason.label()).inc();
     }
@@ -201,13 +207,13 @@ mod tests {
         m.commits.inc();
         m.count_rejection(Rejection::Overloaded);
         m.block_commit_seconds.observe(0.003);
+        m.count_round_timeout("precommit");
         let text = m.render();
         for name in [
             "keyreg_height 42",
             "keyreg_commits_total 1",
             "keyreg_transactions_total 0",
             "keyreg_mempool_size 0",
-            "keyreg_round_timeouts_total 0",
             "keyreg_peers 0",
             "keyreg_sync_lag 0",
             "keyreg_api_rejected_total{reason=\"overloaded\"} 1",
@@ -215,6 +221,7 @@ mod tests {
             "keyreg_block_commit_seconds_bucket{le=\"0.002\"} 0",
             "keyreg_block_commit_seconds_bucket{le=\"0.004\"} 1",
             "keyreg_height_seconds_count 0",
+            "keyreg_round_timeouts_total{step=\"precommit\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -245,13 +245,20 @@ impl Shared {
                 Err(e) => verdicts.push(Err(e)),
             }
         }
-        let txs: Vec<Transaction> = decoded.iter().map(|(_, p)| p.tx.clone()).collect();
+        // The transactions move into one slice for the batch check and back
+        // into their pool entries after it (no copies).
+        let (entries, txs): (Vec<_>, Vec<Transaction>) = decoded
+            .into_iter()
+            .map(|(slot, PooledTx { tx, hash, size })| ((slot, hash, size), tx))
+            .unzip();
         let checks = check_stateless_all(&self.chain_id, &txs);
         let mut mempool = self.mempool();
-        for ((slot, tx), check) in decoded.into_iter().zip(checks) {
+        for (((slot, hash, size), tx), check) in entries.into_iter().zip(txs).zip(checks) {
             let verdict = match check {
                 Err(e) => Err(SubmitError::Invalid(e)),
-                Ok(()) => mempool.insert(tx).map_err(SubmitError::from),
+                Ok(()) => mempool
+                    .insert(PooledTx { tx, hash, size })
+                    .map_err(SubmitError::from),
             };
             // `slot` indexes the verdict pushed for this input above.
             if let Some(slot) = verdicts.get_mut(slot) {

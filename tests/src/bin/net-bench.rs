@@ -624,7 +624,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     );
     println!(
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
-        metric_total(nodes, "keyreg_fetched_txs_total")
+        metric_total(nodes, "keyreg_fetched_txs_total", "")
     );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");
@@ -650,6 +650,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
     let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
     let stages_before = stage_histograms(nodes);
+    let timeouts_before = round_timeouts(nodes);
     let half = latency_run(
         net,
         &watcher,
@@ -660,9 +661,15 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     )?;
     print_latency("latency, half saturation", &half);
     print_stages(&stages_before, &stage_histograms(nodes));
+    let timeouts_after = round_timeouts(nodes);
     println!(
-        "  consensus round timeouts so far, all nodes together: {}",
-        metric_total(nodes, "keyreg_round_timeouts_total")
+        "  consensus round timeouts meanwhile, all nodes together: {}",
+        ROUND_STEPS
+            .iter()
+            .zip(timeouts_after.iter().zip(&timeouts_before))
+            .map(|(step, (after, before))| format!("{step} {}", after.saturating_sub(*before)))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
@@ -680,7 +687,9 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
 
 /// The sum over `nodes` of a counter from `GET /metrics` (0 where a node
 /// does not answer).
-fn metric_total(nodes: &[NodeClient], name: &str) -> u64 {
+/// The sum over nodes of every series of metric `name` whose labels
+/// contain `labels` (`""`: all of them).
+fn metric_total(nodes: &[NodeClient], name: &str, labels: &str) -> u64 {
     nodes
         .iter()
         .filter_map(|node| {
@@ -689,10 +698,32 @@ fn metric_total(nodes: &[NodeClient], name: &str) -> u64 {
                 .ok()?
                 .into_string()
                 .ok()?;
-            text.lines()
-                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+            Some(
+                text.lines()
+                    .filter_map(|line| {
+                        let rest = line.strip_prefix(name)?;
+                        let (series, value) = rest.rsplit_once(' ')?;
+                        let labelled = series.is_empty() || series.starts_with('{');
+                        (labelled && series.contains(labels)).then(|| value.parse::<u64>().ok())?
+                    })
+                    .sum::<u64>(),
+            )
         })
         .sum()
+}
+
+/// The steps whose timeouts `keyreg_round_timeouts_total` counts.
+const ROUND_STEPS: [&str; 3] = ["propose", "prevote", "precommit"];
+
+/// Round timeouts so far over all nodes, by step (as [`ROUND_STEPS`]).
+fn round_timeouts(nodes: &[NodeClient]) -> [u64; 3] {
+    ROUND_STEPS.map(|step| {
+        metric_total(
+            nodes,
+            "keyreg_round_timeouts_total",
+            &format!("step=\"{step}\""),
+        )
+    })
 }
 
 /// The nodes' timing histograms of a height's stages, in pipeline order.

@@ -49,6 +49,16 @@ impl NodeError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, NodeError::Api { status: 404, .. })
     }
+
+    /// The node is overloaded (503, or a batch's transaction refused with
+    /// `busy`: its mempool is full): the same submission may succeed later.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            NodeError::Api { status: 503, .. } => true,
+            NodeError::Refused { code, .. } => code == "busy",
+            _ => false,
+        }
+    }
 }
 
 fn decode_hex<T: Canonical>(what: &str, hex_str: &str) -> Result<T, NodeError> {
@@ -504,6 +514,25 @@ mod tests {
                 message: "bad?sig".into()
             })
         );
+        assert!(!verdicts[2].as_ref().unwrap_err().is_busy());
+    }
+
+    #[test]
+    fn busy_answers_are_told_apart() {
+        let refused = |code: &str| NodeError::Refused {
+            code: code.into(),
+            message: String::new(),
+        };
+        let api = |status: u16| NodeError::Api {
+            status,
+            code: "busy".into(),
+            message: String::new(),
+        };
+        assert!(refused("busy").is_busy());
+        assert!(api(503).is_busy());
+        assert!(!refused("bad_signature").is_busy());
+        assert!(!api(429).is_busy());
+        assert!(!NodeError::Transport("refused".into()).is_busy());
     }
 
     #[test]

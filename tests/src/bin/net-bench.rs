@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use keyreg_client::keys::{AdminKey, DeviceKeys};
 use keyreg_client::light::TrustAnchor;
-use keyreg_client::node::{NodeClient, NodeError};
+use keyreg_client::node::NodeClient;
 use keyreg_client::txs::{register_device, revoke};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{BatchVerifier, Domain, Hash, SigningKey};
@@ -203,13 +203,25 @@ impl CommitWatcher {
 
     /// Waits until every hash is seen (or `within` passes); returns the
     /// commit time of each hash, `None` for those never seen.
-    fn wait_all(&self, hashes: &[Hash], within: Duration) -> anyhow::Result<Vec<Option<Instant>>> {
+    /// When each of `hashes` was first seen committed, waiting (up to
+    /// `within`) for those a node accepted (`Some` in `accepted`): the
+    /// others may never commit.
+    fn wait_all(
+        &self,
+        hashes: &[Hash],
+        accepted: &[Option<Instant>],
+        within: Duration,
+    ) -> anyhow::Result<Vec<Option<Instant>>> {
         let start = Instant::now();
         loop {
             let seen = self.seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
             let times: Vec<_> = hashes.iter().map(|h| seen.get(h).copied()).collect();
             drop(seen);
-            if times.iter().all(Option::is_some) || start.elapsed() >= within {
+            let all_seen = times
+                .iter()
+                .zip(accepted)
+                .all(|(seen, accepted)| seen.is_some() || accepted.is_none());
+            if all_seen || start.elapsed() >= within {
                 return Ok(times);
             }
             if self.handle.as_ref().is_some_and(|h| h.is_finished()) {
@@ -282,35 +294,48 @@ fn run_load(
                         let node = &nodes[(i / batch) % nodes.len()];
                         let first_attempt = Instant::now();
                         let mut pause = Duration::from_millis(10);
+                        // What is still to submit: a whole request refused
+                        // busy (503), or the transactions of a batch refused
+                        // busy (full mempool), are retried after a pause.
+                        let mut pending: Vec<usize> = chunk.collect();
                         // Ends: every retry sleeps, and the deadline stops it.
-                        loop {
+                        while !pending.is_empty() {
                             let outcome = if batch == 1 {
-                                node.submit(&txs[i]).map(|hash| vec![Ok(hash)])
+                                node.submit(&txs[pending[0]]).map(|hash| vec![Ok(hash)])
                             } else {
-                                node.submit_batch(&txs[chunk.clone()])
+                                let chunk: Vec<Transaction> =
+                                    pending.iter().map(|&k| txs[k].clone()).collect();
+                                node.submit_batch(&chunk)
                             };
-                            match outcome {
+                            let retry = match outcome {
                                 Ok(verdicts) => {
-                                    for (k, verdict) in chunk.clone().zip(verdicts) {
+                                    let mut busy_ones = Vec::new();
+                                    for (k, verdict) in pending.iter().copied().zip(verdicts) {
                                         match verdict {
                                             Ok(_) => done.push((k, first_attempt)),
+                                            Err(e) if e.is_busy() => busy_ones.push(k),
                                             Err(e) => failures.push(format!("tx {k}: {e}")),
                                         }
                                     }
-                                    break;
+                                    busy_ones
                                 }
-                                Err(NodeError::Api { status: 503, .. })
-                                    if start.elapsed() + pause < deadline =>
-                                {
-                                    busy.fetch_add(1, Ordering::Relaxed);
-                                    thread::sleep(pause);
-                                    pause = (pause * 2).min(Duration::from_millis(200));
-                                }
+                                Err(e) if e.is_busy() => pending.clone(),
                                 Err(e) => {
-                                    failures.push(format!("txs {chunk:?} at {}: {e}", node.url()));
-                                    break;
+                                    failures.push(format!("txs {pending:?} at {}: {e}", node.url()));
+                                    Vec::new()
                                 }
+                            };
+                            pending = retry;
+                            if pending.is_empty() {
+                                break;
                             }
+                            if start.elapsed() + pause >= deadline {
+                                failures.push(format!("txs {pending:?}: still busy at the deadline"));
+                                break;
+                            }
+                            busy.fetch_add(1, Ordering::Relaxed);
+                            thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(200));
                         }
                     }
                     (done, failures)
@@ -412,7 +437,7 @@ fn latency_run(
     let deadline = Duration::from_secs_f64(txs.len() as f64 / rate) + COMMIT_DEADLINE;
     let load = run_load(&net.nodes, txs, threads, batch, Some(rate), deadline, &stop);
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
-    let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
+    let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
     let mut latencies: Vec<Duration> = load
         .submitted
         .iter()
@@ -584,7 +609,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         &never,
     );
     let submit_end = Instant::now();
-    let committed = watcher.wait_all(&hashes, COMMIT_DEADLINE)?;
+    let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
     let cpu_after = cpu_split(net)?;
     let committed_count = committed.iter().flatten().count();
     let last_commit = committed

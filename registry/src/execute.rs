@@ -479,6 +479,9 @@ pub struct BlockExecution {
     pub state_root: Hash,
     /// The tree nodes of version `height` (written with the block).
     pub tree_batch: TreeBatch,
+    /// The block's writes, sorted by key (`None` deletes): what the store's
+    /// head value index applies.
+    pub changes: StateChanges,
     /// The set that certifies this block.
     pub validator_set: ValidatorSet,
     /// The set that certifies the next block.
@@ -551,6 +554,30 @@ pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
     height: u64,
     timestamp_ms: u64,
 ) -> Result<BlockExecution, StateError> {
+    let parent_version = parent_version(height)?;
+    let parent = TreeState::new(reader, parent_version);
+    execute_block_over(reader, &parent, txs, tx_hashes, stateless, height, timestamp_ms)
+}
+
+fn parent_version(height: u64) -> Result<u64, StateError> {
+    height
+        .checked_sub(1)
+        .ok_or_else(|| StateError::Invariant("block 0 is genesis, not executed".into()))
+}
+
+/// [`execute_block_prechecked`] reading records from `parent`, which must
+/// hold exactly the state of tree version `height - 1` (a store's head value
+/// index, say: one read per record instead of a walk down the tree); the
+/// tree update still reads its nodes from `reader`.
+pub fn execute_block_over<R: NodeReader + ?Sized, V: StateView + ?Sized>(
+    reader: &R,
+    parent: &V,
+    txs: &[Transaction],
+    tx_hashes: Vec<Hash>,
+    stateless: Vec<TxResult>,
+    height: u64,
+    timestamp_ms: u64,
+) -> Result<BlockExecution, StateError> {
     if tx_hashes.len() != txs.len() {
         return Err(StateError::Invariant(format!(
             "{} hashes for {} transactions",
@@ -558,11 +585,8 @@ pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
             txs.len()
         )));
     }
-    let parent_version = height
-        .checked_sub(1)
-        .ok_or_else(|| StateError::Invariant("block 0 is genesis, not executed".into()))?;
-    let parent = TreeState::new(reader, parent_version);
-    let execution = execute_transactions_prechecked(&parent, txs, stateless, height, timestamp_ms)?;
+    let parent_version = parent_version(height)?;
+    let execution = execute_transactions_prechecked(parent, txs, stateless, height, timestamp_ms)?;
     let tree_batch = apply_changes(reader, Some(parent_version), height, &execution.changes)?;
     Ok(BlockExecution {
         height,
@@ -570,6 +594,7 @@ pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
         results: execution.results,
         state_root: tree_batch.root,
         tree_batch,
+        changes: execution.changes,
         validator_set: execution.validator_set,
         next_validator_set: execution.next_validator_set,
     })

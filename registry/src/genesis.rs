@@ -97,6 +97,8 @@ pub struct GenesisState {
     pub header: Header,
     /// The tree nodes of version 0.
     pub tree_batch: TreeBatch,
+    /// The records of version 0 (for the store's head value index).
+    pub changes: StateChanges,
     /// The set that certifies block 1.
     pub validator_set: ValidatorSet,
 }
@@ -224,6 +226,7 @@ impl Genesis {
         Ok(GenesisState {
             header,
             tree_batch,
+            changes,
             validator_set,
         })
     }

@@ -10,12 +10,14 @@ use thiserror::Error;
 use crate::block::{
     tx_root, Block, BlockError, CommittedBlock, Header, BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES,
 };
-use crate::execute::{execute_block_prechecked, execute_transactions, BlockExecution};
+use crate::execute::{
+    execute_block_over, execute_block_prechecked, execute_transactions, BlockExecution,
+};
 use crate::genesis::{Genesis, GenesisError};
 use crate::lookup::DeviceProof;
 use crate::names::{DeviceName, OrgId};
 use crate::records::{DeviceRecord, GovernanceRecord, OrgRecord, ValidatorInfo};
-use crate::state::{RecordReader, StateError};
+use crate::state::{RecordReader, StateError, StateView};
 use crate::store::{LedgerStore, StoreError, TxLocation};
 use crate::tree_state::TreeState;
 use crate::tx::{check_stateless_unless, Transaction, TxError};
@@ -54,6 +56,17 @@ pub struct Ledger<S: LedgerStore> {
     validator_set: ValidatorSet,
 }
 
+/// The head state, read from a store's head value index.
+struct HeadValues<'s, S: LedgerStore>(&'s S);
+
+impl<S: LedgerStore> StateView for HeadValues<'_, S> {
+    fn get(&self, key: &Hash) -> Result<Option<Vec<u8>>, StateError> {
+        self.0
+            .head_value(key)
+            .map_err(|e| StateError::Index(e.to_string()))
+    }
+}
+
 impl<S: LedgerStore> Ledger<S> {
     /// Opens `store`, initialising it from `genesis` when empty, and checks
     /// a non-empty store was built from this very genesis.
@@ -62,7 +75,12 @@ impl<S: LedgerStore> Ledger<S> {
         let head_height = match store.head()? {
             None => {
                 let initial = genesis.initial_state()?;
-                store.write_genesis(&genesis_hash, &initial.header, &initial.tree_batch)?;
+                store.write_genesis(
+                    &genesis_hash,
+                    &initial.header,
+                    &initial.tree_batch,
+                    &initial.changes,
+                )?;
                 0
             }
             Some(height) => {
@@ -205,14 +223,23 @@ impl<S: LedgerStore> Ledger<S> {
         let stateless = check_stateless_unless(&self.chain_id, txs, |i| {
             tx_hashes.get(i).is_some_and(&already_passed)
         });
-        Ok(execute_block_prechecked(
-            &self.store,
-            txs,
-            tx_hashes,
-            stateless,
-            self.head.height + 1,
-            timestamp_ms,
-        )?)
+        let height = self.head.height + 1;
+        // Records are read from the head value index when the store keeps
+        // one (the parent of the next block is the head).
+        Ok(if self.store.has_head_index() {
+            let parent = HeadValues(&self.store);
+            execute_block_over(
+                &self.store,
+                &parent,
+                txs,
+                tx_hashes,
+                stateless,
+                height,
+                timestamp_ms,
+            )?
+        } else {
+            execute_block_prechecked(&self.store, txs, tx_hashes, stateless, height, timestamp_ms)?
+        })
     }
 
     /// Builds the next block from the longest prefix of `txs` that fits the
@@ -320,6 +347,7 @@ impl<S: LedgerStore> Ledger<S> {
         self.store.write_block(
             committed,
             &execution.tree_batch,
+            &execution.changes,
             &execution.results,
             &execution.tx_hashes,
         )?;

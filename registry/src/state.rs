@@ -27,6 +27,8 @@ pub enum StateError {
     MissingGovernance,
     #[error("state invariant violated: {0}")]
     Invariant(String),
+    #[error("head value index: {0}")]
+    Index(String),
 }
 
 /// Read access to the state of one version.

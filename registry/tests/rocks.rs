@@ -145,3 +145,94 @@ fn rocks_and_memory_stores_agree() {
     }
     assert_eq!(rocks.ledger.head(), mem.ledger.head());
 }
+
+/// The state keys a test chain touches: devices present and absent, the
+/// organisations, governance and the validators.
+fn watched_keys() -> Vec<keyreg_consensus::Hash> {
+    let mut keys: Vec<_> = (0..8)
+        .map(|i| name(&format!("acme/d{i}")).state_key())
+        .collect();
+    keys.extend(
+        ["acme", "globex", "initech", "nobody"]
+            .iter()
+            .map(|org| keyreg_registry::names::OrgId::new(org).unwrap().state_key()),
+    );
+    keys.push(keyreg_registry::records::governance_key());
+    keys.extend((0..5).map(keyreg_registry::records::validator_key));
+    keys
+}
+
+/// Every watched key reads the same from the head value index as from the
+/// tree at the head.
+fn assert_index_matches_tree(ledger: &Ledger<RocksLedgerStore>) {
+    let head = keyreg_registry::TreeState::new(ledger.store(), ledger.height());
+    for key in watched_keys() {
+        assert_eq!(
+            ledger.store().head_value(&key).unwrap(),
+            keyreg_registry::state::StateView::get(&head, &key).unwrap(),
+            "key {key} at height {}",
+            ledger.height()
+        );
+    }
+}
+
+#[test]
+fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let mut mem = env();
+    {
+        let mut rocks = Env {
+            ledger: open(dir.path(), &net),
+            net: common::net(),
+        };
+        assert!(rocks.ledger.store().has_head_index());
+        assert_index_matches_tree(&rocks.ledger);
+        let blocks = vec![
+            (0..4)
+                .map(|i| {
+                    register(&admin, &format!("acme/d{i}"), &device_key(&format!("d{i}")), None)
+                })
+                .collect::<Vec<_>>(),
+            vec![
+                Transaction::new(CHAIN, revocation("acme/d1", Authority::Device))
+                    .signed_by(&[&device_key("d1")]),
+                // A replayed registration is rejected and changes nothing.
+                register(&admin, "acme/d0", &device_key("d0"), None),
+            ],
+        ];
+        for txs in blocks {
+            rocks.run(txs.clone());
+            mem.run(txs);
+            assert_index_matches_tree(&rocks.ledger);
+        }
+        assert_eq!(rocks.ledger.head(), mem.ledger.head());
+    }
+    // What a version without the index leaves behind: the index tagged
+    // with an older height than the head.
+    {
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            dir.path(),
+            ["blocks", "headers", "certs", "nodes", "stale", "txs", "meta", "values"],
+        )
+        .unwrap();
+        let meta = db.cf_handle("meta").unwrap();
+        db.put_cf(meta, b"keyreg/head-values-height", 1u64.to_be_bytes())
+            .unwrap();
+    }
+    let mut rocks = Env {
+        ledger: open(dir.path(), &net),
+        net: common::net(),
+    };
+    assert!(!rocks.ledger.store().has_head_index());
+    // Execution reads through the tree and agrees with the memory store.
+    let more = vec![register(&admin, "acme/d5", &device_key("d5"), None)];
+    rocks.run(more.clone());
+    mem.run(more);
+    assert_eq!(rocks.ledger.head(), mem.ledger.head());
+    // The stale index is never trusted again, even after a restart.
+    drop(rocks);
+    assert!(!open(dir.path(), &net).store().has_head_index());
+}

@@ -9,6 +9,7 @@ use keyreg_consensus::crypto::Hash;
 use super::{check_append, LedgerStore, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
+use crate::state::StateChanges;
 use crate::tree::{MemNodeStore, Node, NodeKey, NodeReader, TreeBatch, TreeError};
 
 #[derive(Clone, Debug, Default)]
@@ -20,11 +21,22 @@ pub struct MemLedgerStore {
     meta: BTreeMap<Vec<u8>, Vec<u8>>,
     genesis_hash: Option<Hash>,
     oldest_tree_version: u64,
+    /// The head value index.
+    head_values: HashMap<Hash, Vec<u8>>,
 }
 
 impl MemLedgerStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn apply_to_head_index(&mut self, changes: &StateChanges) {
+        for (key, value) in changes {
+            match value {
+                Some(value) => self.head_values.insert(*key, value.clone()),
+                None => self.head_values.remove(key),
+            };
+        }
     }
 
     /// Number of stored tree nodes (to observe pruning).
@@ -70,11 +82,13 @@ impl LedgerStore for MemLedgerStore {
         genesis_hash: &Hash,
         header: &Header,
         tree: &TreeBatch,
+        state: &StateChanges,
     ) -> Result<(), StoreError> {
         if !self.blocks.is_empty() || header.height != 0 || tree.version != 0 {
             return Err(StoreError::Order("genesis into a non-empty store".into()));
         }
         self.nodes.write(tree);
+        self.apply_to_head_index(state);
         self.blocks.push(Block {
             version: Block::VERSION,
             header: header.clone(),
@@ -88,10 +102,12 @@ impl LedgerStore for MemLedgerStore {
         &mut self,
         committed: &CommittedBlock,
         tree: &TreeBatch,
+        changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
         check_append(self.head()?, committed, tree, results, tx_hashes)?;
+        self.apply_to_head_index(changes);
         let height = committed.block.header.height;
         for (index, (tx_hash, result)) in tx_hashes.iter().zip(results).enumerate() {
             // The first commit of a hash wins; a later copy was a rejected replay.
@@ -126,5 +142,13 @@ impl LedgerStore for MemLedgerStore {
 
     fn oldest_tree_version(&self) -> Result<u64, StoreError> {
         Ok(self.oldest_tree_version)
+    }
+
+    fn has_head_index(&self) -> bool {
+        true
+    }
+
+    fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.head_values.get(key).cloned())
     }
 }

@@ -3,8 +3,16 @@
 //!
 //! [`LedgerStore::write_block`] is the one way a block enters a store: the
 //! block, its certificate, its tree nodes and stale-node index entries, its
-//! transaction-index entries and the new head go in one atomic write, so a
-//! crash leaves either the old head or the new one, never a mixture.
+//! transaction-index entries, its head value index entries and the new head
+//! go in one atomic write, so a crash leaves either the old head or the new
+//! one, never a mixture.
+//!
+//! The head value index holds every state key's value at the head version,
+//! beside the tree: execution reads a record with one point read instead of
+//! a walk down the tree (proofs still come from the tree). It is written in
+//! the same batch as the tree and tagged with the head it matches; a store
+//! whose tag is not its head (created before the index existed, or written
+//! by a version that did not keep it) has none and reads through the tree.
 
 mod mem;
 #[cfg(feature = "rocksdb")]
@@ -19,6 +27,7 @@ use thiserror::Error;
 
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
+use crate::state::StateChanges;
 use crate::tree::{NodeReader, TreeBatch};
 
 pub use mem::MemLedgerStore;
@@ -66,23 +75,31 @@ pub trait LedgerStore: NodeReader {
     /// `None` for height 0 (genesis is trusted by its hash).
     fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError>;
     fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StoreError>;
-    /// Initialises an empty store with the genesis header and tree version 0.
+    /// Initialises an empty store with the genesis header, tree version 0
+    /// and its records (`state`, for the head value index).
     fn write_genesis(
         &mut self,
         genesis_hash: &Hash,
         header: &Header,
         tree: &TreeBatch,
+        state: &StateChanges,
     ) -> Result<(), StoreError>;
-    /// Appends the block at `head + 1` with its tree nodes, per-transaction
-    /// results and transaction hashes (in block order), atomically and
-    /// durably.
+    /// Appends the block at `head + 1` with its tree nodes, its writes
+    /// (`changes`, for the head value index), per-transaction results and
+    /// transaction hashes (in block order), atomically and durably.
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
         tree: &TreeBatch,
+        changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError>;
+    /// Whether the head value index matches the head (see the module docs).
+    fn has_head_index(&self) -> bool;
+    /// The value under `key` at the head version, from the head value
+    /// index; only meaningful when [`has_head_index`](Self::has_head_index).
+    fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
     /// The node's own durable key/value pairs (e.g. consensus safety state);
     /// written synchronously, in a namespace of their own.
     fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;

@@ -10,6 +10,7 @@
 //! | `nodes`   | `NodeKey::to_bytes()`            | `Node::to_bytes()`          |
 //! | `stale`   | `StaleNode::to_bytes()`          | empty                       |
 //! | `txs`     | tx hash                          | [`TxLocation`] bytes        |
+//! | `values`  | state key (32 bytes)             | the value at the head       |
 //! | `meta`    | `keyreg/…` (ours), `node/…` (the node's) | bytes               |
 //!
 //! Every write is one `WriteBatch` written with `sync = true`.
@@ -27,6 +28,7 @@ use rocksdb::{
 use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
+use crate::state::StateChanges;
 use crate::tree::{Node, NodeKey, NodeReader, StaleNode, TreeBatch, TreeError};
 
 const CF_BLOCKS: &str = "blocks";
@@ -36,13 +38,16 @@ const CF_NODES: &str = "nodes";
 const CF_STALE: &str = "stale";
 const CF_TXS: &str = "txs";
 const CF_META: &str = "meta";
-const COLUMN_FAMILIES: [&str; 7] = [
-    CF_BLOCKS, CF_HEADERS, CF_CERTS, CF_NODES, CF_STALE, CF_TXS, CF_META,
+const CF_VALUES: &str = "values";
+const COLUMN_FAMILIES: [&str; 8] = [
+    CF_BLOCKS, CF_HEADERS, CF_CERTS, CF_NODES, CF_STALE, CF_TXS, CF_META, CF_VALUES,
 ];
 
 const META_HEAD: &[u8] = b"keyreg/head";
 const META_GENESIS: &[u8] = b"keyreg/genesis";
 const META_OLDEST_TREE: &[u8] = b"keyreg/oldest-tree-version";
+/// The height the head value index (`values`) matches.
+const META_VALUES_HEIGHT: &[u8] = b"keyreg/head-values-height";
 const NODE_META_PREFIX: &[u8] = b"node/";
 /// Stale entries deleted per write batch while pruning (bounds memory).
 const PRUNE_CHUNK: usize = 10_000;
@@ -97,6 +102,8 @@ fn node_meta_key(key: &[u8]) -> Vec<u8> {
 pub struct RocksLedgerStore {
     db: DB,
     head: Option<u64>,
+    /// Whether `values` matches the head (see [`LedgerStore::has_head_index`]).
+    head_index: bool,
 }
 
 impl RocksLedgerStore {
@@ -110,11 +117,21 @@ impl RocksLedgerStore {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, column_family_options(&cache)));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(backend)?;
-        let mut store = RocksLedgerStore { db, head: None };
+        let mut store = RocksLedgerStore {
+            db,
+            head: None,
+            head_index: false,
+        };
         store.head = store
             .get(CF_META, META_HEAD)?
             .map(|b| decode_u64("head", &b))
             .transpose()?;
+        let values_height = store
+            .get(CF_META, META_VALUES_HEIGHT)?
+            .map(|b| decode_u64("head values height", &b))
+            .transpose()?;
+        // An empty store gets the index with its genesis.
+        store.head_index = store.head.is_none() || values_height == store.head;
         Ok(store)
     }
 
@@ -153,6 +170,28 @@ impl RocksLedgerStore {
         for entry in &tree.stale_nodes {
             batch.put_cf(stale, entry.to_bytes(), b"");
         }
+        Ok(())
+    }
+
+    /// Adds `changes` to the head value index, tagged with `height`, when
+    /// the store keeps one.
+    fn add_head_values(
+        &self,
+        batch: &mut WriteBatch,
+        height: u64,
+        changes: &StateChanges,
+    ) -> Result<(), StoreError> {
+        if !self.head_index {
+            return Ok(());
+        }
+        let values = self.cf(CF_VALUES)?;
+        for (key, value) in changes {
+            match value {
+                Some(value) => batch.put_cf(values, key.0, value),
+                None => batch.delete_cf(values, key.0),
+            }
+        }
+        batch.put_cf(self.cf(CF_META)?, META_VALUES_HEIGHT, height_key(height));
         Ok(())
     }
 }
@@ -201,6 +240,7 @@ impl LedgerStore for RocksLedgerStore {
         genesis_hash: &Hash,
         header: &Header,
         tree: &TreeBatch,
+        state: &StateChanges,
     ) -> Result<(), StoreError> {
         if self.head.is_some() || header.height != 0 || tree.version != 0 {
             return Err(StoreError::Order("genesis into a non-empty store".into()));
@@ -214,6 +254,7 @@ impl LedgerStore for RocksLedgerStore {
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
         self.add_tree_batch(&mut batch, tree)?;
+        self.add_head_values(&mut batch, 0, state)?;
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
         batch.put_cf(meta, META_HEAD, height_key(0));
@@ -226,6 +267,7 @@ impl LedgerStore for RocksLedgerStore {
         &mut self,
         committed: &CommittedBlock,
         tree: &TreeBatch,
+        changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
@@ -245,6 +287,7 @@ impl LedgerStore for RocksLedgerStore {
             committed.certificate.to_bytes(),
         );
         self.add_tree_batch(&mut batch, tree)?;
+        self.add_head_values(&mut batch, height, changes)?;
         let txs = self.cf(CF_TXS)?;
         let mut seen = std::collections::HashSet::new();
         for (index, (&tx_hash, result)) in tx_hashes.iter().zip(results).enumerate() {
@@ -305,6 +348,14 @@ impl LedgerStore for RocksLedgerStore {
             }
             self.write(batch)?;
         }
+    }
+
+    fn has_head_index(&self) -> bool {
+        self.head_index
+    }
+
+    fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.get(CF_VALUES, &key.0)
     }
 
     fn oldest_tree_version(&self) -> Result<u64, StoreError> {

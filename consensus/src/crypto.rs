@@ -320,7 +320,7 @@ impl BatchVerifier {
     }
 
     pub fn queue(&mut self, key: PublicKey, domain: Domain, msg: &[u8], sig: Signature) {
-        let k = zip215::challenge(zip215::r_bytes(&sig.0), &key.0, &signed_parts(domain, msg));
+        let k = zip215::challenge(&zip215::r_bytes(&sig.0), &key.0, &signed_parts(domain, msg));
         self.items.push((key, sig, k));
     }
 

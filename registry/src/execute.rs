@@ -556,7 +556,15 @@ pub fn execute_block_prechecked<R: NodeReader + ?Sized>(
 ) -> Result<BlockExecution, StateError> {
     let parent_version = parent_version(height)?;
     let parent = TreeState::new(reader, parent_version);
-    execute_block_over(reader, &parent, txs, tx_hashes, stateless, height, timestamp_ms)
+    execute_block_over(
+        reader,
+        &parent,
+        txs,
+        tx_hashes,
+        stateless,
+        height,
+        timestamp_ms,
+    )
 }
 
 fn parent_version(height: u64) -> Result<u64, StateError> {

@@ -192,7 +192,12 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
         let blocks = vec![
             (0..4)
                 .map(|i| {
-                    register(&admin, &format!("acme/d{i}"), &device_key(&format!("d{i}")), None)
+                    register(
+                        &admin,
+                        &format!("acme/d{i}"),
+                        &device_key(&format!("d{i}")),
+                        None,
+                    )
                 })
                 .collect::<Vec<_>>(),
             vec![
@@ -215,7 +220,9 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
         let db = rocksdb::DB::open_cf(
             &rocksdb::Options::default(),
             dir.path(),
-            ["blocks", "headers", "certs", "nodes", "stale", "txs", "meta", "values"],
+            [
+                "blocks", "headers", "certs", "nodes", "stale", "txs", "meta", "values",
+            ],
         )
         .unwrap();
         let meta = db.cf_handle("meta").unwrap();

@@ -46,13 +46,18 @@ pub(super) fn challenge(r: &[u8; 32], key: &[u8; 32], message: &[&[u8]]) -> Scal
     Scalar::from_bytes_mod_order_wide(&h.finalize().into())
 }
 
-/// The `R` half of a signature.
-pub(super) fn r_bytes(sig: &[u8; 64]) -> &[u8; 32] {
-    sig.first_chunk().expect("64 >= 32")
+/// The `R` and `s` halves of a signature.
+fn halves(sig: &[u8; 64]) -> ([u8; 32], [u8; 32]) {
+    let (mut r, mut s) = ([0u8; 32], [0u8; 32]);
+    for (to, from) in r.iter_mut().chain(s.iter_mut()).zip(sig) {
+        *to = *from;
+    }
+    (r, s)
 }
 
-fn s_bytes(sig: &[u8; 64]) -> [u8; 32] {
-    *sig.last_chunk().expect("64 >= 32")
+/// The `R` half of a signature.
+pub(super) fn r_bytes(sig: &[u8; 64]) -> [u8; 32] {
+    halves(sig).0
 }
 
 fn decompress(bytes: &[u8; 32]) -> Option<EdwardsPoint> {
@@ -66,8 +71,9 @@ fn canonical_scalar(bytes: [u8; 32]) -> Option<Scalar> {
 /// Checks one signature given its challenge `k` (see [`challenge`]).
 pub(super) fn verify_prehashed(key: &[u8; 32], sig: &[u8; 64], k: &Scalar) -> Result<(), Failure> {
     let a = decompress(key).ok_or(Failure::MalformedKey)?;
-    let s = canonical_scalar(s_bytes(sig)).ok_or(Failure::BadSignature)?;
-    let r = decompress(r_bytes(sig)).ok_or(Failure::BadSignature)?;
+    let (r_bytes, s_bytes) = halves(sig);
+    let s = canonical_scalar(s_bytes).ok_or(Failure::BadSignature)?;
+    let r = decompress(&r_bytes).ok_or(Failure::BadSignature)?;
     // [s]B - [k]A, then the cofactored comparison with R.
     let r_check = EdwardsPoint::vartime_double_scalar_mul_basepoint(k, &-a, &s);
     if (r_check - r).mul_by_cofactor().is_identity() {
@@ -79,7 +85,7 @@ pub(super) fn verify_prehashed(key: &[u8; 32], sig: &[u8; 64], k: &Scalar) -> Re
 
 /// Checks one signature over the message made of `message`'s parts.
 pub(super) fn verify(key: &[u8; 32], sig: &[u8; 64], message: &[&[u8]]) -> Result<(), Failure> {
-    verify_prehashed(key, sig, &challenge(r_bytes(sig), key, message))
+    verify_prehashed(key, sig, &challenge(&r_bytes(sig), key, message))
 }
 
 /// Signatures checked together: one multiscalar multiplication
@@ -90,12 +96,15 @@ pub(super) fn verify(key: &[u8; 32], sig: &[u8; 64], message: &[&[u8]]) -> Resul
 /// The `z_i` come from a ChaCha20 stream seeded with a BLAKE3 hash of every
 /// queued `(A, R, s, k)` (`k` binds the message): deterministic, no ambient
 /// randomness, yet unpredictable to whoever chose the signatures.
+/// A key and the `(k, signature)` pairs queued under it.
+type KeyGroup = ([u8; 32], Vec<(Scalar, [u8; 64])>);
+
 #[derive(Default)]
 pub(super) struct Batch {
     /// Position of each distinct key in `groups`.
     by_key: HashMap<[u8; 32], usize>,
     /// Per distinct key, in first-queued order: its `(k, signature)` pairs.
-    groups: Vec<([u8; 32], Vec<(Scalar, [u8; 64])>)>,
+    groups: Vec<KeyGroup>,
     signatures: usize,
 }
 
@@ -114,8 +123,10 @@ impl Batch {
             self.groups.push((*key, Vec::with_capacity(1)));
             self.groups.len() - 1
         });
-        self.groups[group].1.push((k, *sig));
-        self.signatures += 1;
+        if let Some((_, signatures)) = self.groups.get_mut(group) {
+            signatures.push((k, *sig));
+            self.signatures += 1;
+        }
     }
 
     fn rng(&self) -> ChaCha20Rng {
@@ -140,16 +151,14 @@ impl Batch {
         let mut scalars = Vec::with_capacity(terms);
         let mut points = Vec::with_capacity(terms);
         let mut b_coeff = Scalar::ZERO;
-        scalars.push(Scalar::ZERO); // B's coefficient, set below.
-        points.push(ED25519_BASEPOINT_POINT);
         for (key, signatures) in &self.groups {
             let Some(a) = decompress(key) else {
                 return false;
             };
             let mut a_coeff = Scalar::ZERO;
             for (k, sig) in signatures {
-                let (Some(r), Some(s)) = (decompress(r_bytes(sig)), canonical_scalar(s_bytes(sig)))
-                else {
+                let (r_bytes, s_bytes) = halves(sig);
+                let (Some(r), Some(s)) = (decompress(&r_bytes), canonical_scalar(s_bytes)) else {
                     return false;
                 };
                 let mut z = [0u8; 16];
@@ -163,7 +172,8 @@ impl Batch {
             scalars.push(a_coeff);
             points.push(a);
         }
-        scalars[0] = b_coeff;
+        scalars.push(b_coeff);
+        points.push(ED25519_BASEPOINT_POINT);
         debug_assert_eq!(scalars.len(), terms);
         EdwardsPoint::vartime_multiscalar_mul(&scalars, &points)
             .mul_by_cofactor()
@@ -264,7 +274,7 @@ mod tests {
     fn batch_verdict(items: &[([u8; 32], [u8; 64], Vec<u8>)]) -> bool {
         let mut batch = Batch::with_capacity(items.len());
         for (key, sig, msg) in items {
-            batch.queue(key, sig, challenge(r_bytes(sig), key, &[msg]));
+            batch.queue(key, sig, challenge(&r_bytes(sig), key, &[msg]));
         }
         batch.verify()
     }

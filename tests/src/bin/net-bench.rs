@@ -321,7 +321,8 @@ fn run_load(
                                 }
                                 Err(e) if e.is_busy() => pending.clone(),
                                 Err(e) => {
-                                    failures.push(format!("txs {pending:?} at {}: {e}", node.url()));
+                                    failures
+                                        .push(format!("txs {pending:?} at {}: {e}", node.url()));
                                     Vec::new()
                                 }
                             };
@@ -330,7 +331,8 @@ fn run_load(
                                 break;
                             }
                             if start.elapsed() + pause >= deadline {
-                                failures.push(format!("txs {pending:?}: still busy at the deadline"));
+                                failures
+                                    .push(format!("txs {pending:?}: still busy at the deadline"));
                                 break;
                             }
                             busy.fetch_add(1, Ordering::Relaxed);

@@ -10,9 +10,7 @@ use thiserror::Error;
 use crate::block::{
     tx_root, Block, BlockError, CommittedBlock, Header, BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES,
 };
-use crate::execute::{
-    execute_block_over, execute_block_prechecked, execute_transactions, BlockExecution,
-};
+use crate::execute::{execute_block_over, execute_transactions, BlockExecution};
 use crate::genesis::{Genesis, GenesisError};
 use crate::lookup::DeviceProof;
 use crate::names::{DeviceName, OrgId};
@@ -223,23 +221,24 @@ impl<S: LedgerStore> Ledger<S> {
         let stateless = check_stateless_unless(&self.chain_id, txs, |i| {
             tx_hashes.get(i).is_some_and(&already_passed)
         });
-        let height = self.head.height + 1;
         // Records are read from the head value index when the store keeps
-        // one (the parent of the next block is the head).
-        Ok(if self.store.has_head_index() {
-            let parent = HeadValues(&self.store);
-            execute_block_over(
-                &self.store,
-                &parent,
-                txs,
-                tx_hashes,
-                stateless,
-                height,
-                timestamp_ms,
-            )?
+        // one (the parent of the next block is the head), else from the tree.
+        let index = HeadValues(&self.store);
+        let tree = TreeState::new(&self.store, self.head.height);
+        let parent: &dyn StateView = if self.store.has_head_index() {
+            &index
         } else {
-            execute_block_prechecked(&self.store, txs, tx_hashes, stateless, height, timestamp_ms)?
-        })
+            &tree
+        };
+        Ok(execute_block_over(
+            &self.store,
+            parent,
+            txs,
+            tx_hashes,
+            stateless,
+            self.head.height + 1,
+            timestamp_ms,
+        )?)
     }
 
     /// Builds the next block from the longest prefix of `txs` that fits the

@@ -308,6 +308,27 @@ mod tests {
         assert!(accepted >= 14 * 14, "only {accepted} accepted");
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes: mostly undecodable points and non-canonical
+        /// scalars, so the refusal paths must match the reference too; `s`
+        /// is sometimes reduced so the equation itself gets checked.
+        #[test]
+        fn arbitrary_bytes_get_the_reference_verdict(
+            key in proptest::array::uniform32(proptest::num::u8::ANY),
+            r in proptest::array::uniform32(proptest::num::u8::ANY),
+            s in proptest::array::uniform32(proptest::num::u8::ANY),
+            reduce in proptest::bool::ANY,
+            msg in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+        ) {
+            let s = if reduce { Scalar::from_bytes_mod_order(s).to_bytes() } else { s };
+            let sig = signature(&r, &s);
+            let expected = oracle(&key, &sig, &msg);
+            let accepted = expected.is_ok();
+            proptest::prop_assert_eq!(verify(&key, &sig, &[&msg]), expected);
+            proptest::prop_assert_eq!(batch_verdict(&[(key, sig, msg)]), accepted);
+        }
+    }
+
     #[test]
     fn random_signatures_and_their_corruptions_get_the_reference_verdict() {
         let mut rng = ChaCha20Rng::seed_from_u64(215);

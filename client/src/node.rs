@@ -258,11 +258,11 @@ impl NodeClient {
     /// `Ok` as for [`NodeClient::submit`] (pending, or already known).
     /// `Err` when a request as a whole failed; the verdicts of the requests
     /// before it are lost with it, and resubmitting them is harmless.
-    pub fn submit_batch(
+    pub fn submit_batch<'t>(
         &self,
-        txs: &[Transaction],
+        txs: impl IntoIterator<Item = &'t Transaction>,
     ) -> Result<Vec<Result<Hash, NodeError>>, NodeError> {
-        let mut verdicts = Vec::with_capacity(txs.len());
+        let mut verdicts = Vec::new();
         let mut hexes = Vec::new();
         let mut expected = Vec::new();
         let mut hex_len = 0;

@@ -394,11 +394,7 @@ impl Driver {
             let Some(Reverse((_, timeout))) = self.timers.pop() else {
                 break;
             };
-            let before = (
-                self.engine.height(),
-                self.engine.round(),
-                self.engine.step(),
-            );
+            let before = self.engine_position();
             let actions = self.engine.handle(Event::Timeout(timeout));
             // Only a timeout that moved the engine on counts: one that fires
             // after its step was left is stale.
@@ -408,14 +404,7 @@ impl Driver {
                 TimeoutKind::Precommit => Some("precommit"),
                 TimeoutKind::Rebroadcast => None,
             };
-            if let Some(step) = step.filter(|_| {
-                before
-                    != (
-                        self.engine.height(),
-                        self.engine.round(),
-                        self.engine.step(),
-                    )
-            }) {
+            if let Some(step) = step.filter(|_| before != self.engine_position()) {
                 self.shared.metrics.count_round_timeout(step);
             }
             self.execute(actions).await?;
@@ -444,6 +433,15 @@ impl Driver {
             self.start_next_height().await?;
         }
         Ok(())
+    }
+
+    /// Where the engine stands: height, round and step.
+    fn engine_position(&self) -> (u64, u32, keyreg_consensus::Step) {
+        (
+            self.engine.height(),
+            self.engine.round(),
+            self.engine.step(),
+        )
     }
 
     async fn start_next_height(&mut self) -> Result<(), NodeError> {

@@ -17,16 +17,7 @@ use proptest::prelude::*;
 fn populated() -> Env {
     let mut env = env();
     let admin = env.admin("acme");
-    let txs = (0..5)
-        .map(|i| {
-            register(
-                &admin,
-                &format!("acme/d{i}"),
-                &device_key(&format!("d{i}")),
-                None,
-            )
-        })
-        .collect();
+    let txs = (0..5).map(|i| register_acme(&admin, i)).collect();
     assert!(env.run(txs).iter().all(Result::is_ok));
     env
 }
@@ -311,16 +302,7 @@ fn execution_is_deterministic_across_ledgers() {
 #[test]
 fn batch_stateless_checks_match_single_checks() {
     let admin = test_key("admin/acme");
-    let mut txs: Vec<_> = (0..6)
-        .map(|i| {
-            register(
-                &admin,
-                &format!("acme/d{i}"),
-                &device_key(&format!("d{i}")),
-                None,
-            )
-        })
-        .collect();
+    let mut txs: Vec<_> = (0..6).map(|i| register_acme(&admin, i)).collect();
     txs[1].signatures[0].signature.0[0] ^= 1;
     txs[4].chain_id = "elsewhere".into();
     if let TxBody::RegisterDevice(reg) = &mut txs[5].body {
@@ -480,12 +462,7 @@ fn pruning_keeps_recent_versions_readable() {
     let mut env = env();
     let admin = env.admin("acme");
     for i in 0..6 {
-        env.run(vec![register(
-            &admin,
-            &format!("acme/d{i}"),
-            &device_key(&format!("d{i}")),
-            None,
-        )]);
+        env.run(vec![register_acme(&admin, i)]);
     }
     let before = env.ledger.store().tree_node_count();
     let deleted = env.ledger.prune(2).unwrap();

@@ -29,12 +29,7 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
         };
         env.run(vec![register(&admin, "acme/d0", &key, None)]);
         for i in 1..5 {
-            env.run(vec![register(
-                &admin,
-                &format!("acme/d{i}"),
-                &device_key(&format!("d{i}")),
-                None,
-            )]);
+            env.run(vec![register_acme(&admin, i)]);
         }
         let revoke = Transaction::new(CHAIN, revocation("acme/d1", Authority::Device))
             .signed_by(&[&device_key("d1")]);
@@ -134,12 +129,7 @@ fn rocks_and_memory_stores_agree() {
     };
     let mut mem = env();
     for i in 0..3 {
-        let txs = vec![register(
-            &admin,
-            &format!("acme/d{i}"),
-            &device_key(&format!("d{i}")),
-            None,
-        )];
+        let txs = vec![register_acme(&admin, i)];
         rocks.run(txs.clone());
         mem.run(txs);
     }
@@ -190,16 +180,7 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
         assert!(rocks.ledger.store().has_head_index());
         assert_index_matches_tree(&rocks.ledger);
         let blocks = vec![
-            (0..4)
-                .map(|i| {
-                    register(
-                        &admin,
-                        &format!("acme/d{i}"),
-                        &device_key(&format!("d{i}")),
-                        None,
-                    )
-                })
-                .collect::<Vec<_>>(),
+            (0..4).map(|i| register_acme(&admin, i)).collect::<Vec<_>>(),
             vec![
                 Transaction::new(CHAIN, revocation("acme/d1", Authority::Device))
                     .signed_by(&[&device_key("d1")]),

@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use keyreg_consensus::crypto::{BatchVerifier, Domain, PublicKey, Signature, SigningKey};
+use keyreg_consensus::crypto::{
+    signed_message, BatchVerifier, Domain, PublicKey, Signature, SigningKey,
+};
 
 struct Args {
     seconds: f64,
@@ -46,13 +48,6 @@ fn vector_unit() -> &'static str {
         }
     }
     "serial arithmetic"
-}
-
-/// The bytes an Ed25519 signature of keyreg covers (`keyreg/<tag>\0 || msg`).
-fn signed_message(domain: Domain, msg: &[u8]) -> Vec<u8> {
-    let mut m = format!("keyreg/{}\0", domain.tag()).into_bytes();
-    m.extend_from_slice(msg);
-    m
 }
 
 /// Distinct keys and messages, as a block of transactions would have.

@@ -88,6 +88,16 @@ pub fn register(
     .signed_by(&[admin])
 }
 
+/// `register` of device `acme/d{i}` with signing key `device_key("d{i}")`.
+pub fn register_acme(admin: &SigningKey, i: usize) -> Transaction {
+    register(
+        admin,
+        &format!("acme/d{i}"),
+        &device_key(&format!("d{i}")),
+        None,
+    )
+}
+
 pub fn rotation(
     device: &str,
     expected_key_version: u64,

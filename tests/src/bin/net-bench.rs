@@ -303,9 +303,7 @@ fn run_load(
                             let outcome = if batch == 1 {
                                 node.submit(&txs[pending[0]]).map(|hash| vec![Ok(hash)])
                             } else {
-                                let chunk: Vec<Transaction> =
-                                    pending.iter().map(|&k| txs[k].clone()).collect();
-                                node.submit_batch(&chunk)
+                                node.submit_batch(pending.iter().map(|&k| &txs[k]))
                             };
                             let retry = match outcome {
                                 Ok(verdicts) => {
@@ -651,7 +649,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     );
     println!(
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
-        metric_total(nodes, "keyreg_fetched_txs_total", "")
+        metric_total(&metrics_texts(nodes), "keyreg_fetched_txs_total", "")
     );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");
@@ -676,8 +674,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let half_rate = (throughput / 2.0).max(1.0);
     let half_count = ((half_rate * args.latency_seconds).ceil() as usize).max(1);
     let half_txs: Vec<Transaction> = registration_txs(&chain_id, &admin, "half", half_count)?;
-    let stages_before = stage_histograms(nodes);
-    let timeouts_before = round_timeouts(nodes);
+    let metrics_before = metrics_texts(nodes);
     let half = latency_run(
         net,
         &watcher,
@@ -687,8 +684,15 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         args.batch,
     )?;
     print_latency("latency, half saturation", &half);
-    print_stages(&stages_before, &stage_histograms(nodes));
-    let timeouts_after = round_timeouts(nodes);
+    let metrics_after = metrics_texts(nodes);
+    print_stages(
+        &stage_histograms(&metrics_before),
+        &stage_histograms(&metrics_after),
+    );
+    let (timeouts_before, timeouts_after) = (
+        round_timeouts(&metrics_before),
+        round_timeouts(&metrics_after),
+    );
     println!(
         "  consensus round timeouts meanwhile, all nodes together: {}",
         ROUND_STEPS
@@ -714,27 +718,32 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
 
 /// The sum over `nodes` of a counter from `GET /metrics` (0 where a node
 /// does not answer).
-/// The sum over nodes of every series of metric `name` whose labels
-/// contain `labels` (`""`: all of them).
-fn metric_total(nodes: &[NodeClient], name: &str, labels: &str) -> u64 {
+/// Every node's `/metrics` text, fetched once (nodes that do not answer
+/// are left out).
+fn metrics_texts(nodes: &[NodeClient]) -> Vec<String> {
     nodes
         .iter()
         .filter_map(|node| {
-            let text = ureq::get(&format!("{}/metrics", node.url()))
+            ureq::get(&format!("{}/metrics", node.url()))
                 .call()
                 .ok()?
                 .into_string()
-                .ok()?;
-            Some(
-                text.lines()
-                    .filter_map(|line| {
-                        let rest = line.strip_prefix(name)?;
-                        let (series, value) = rest.rsplit_once(' ')?;
-                        let labelled = series.is_empty() || series.starts_with('{');
-                        (labelled && series.contains(labels)).then(|| value.parse::<u64>().ok())?
-                    })
-                    .sum::<u64>(),
-            )
+                .ok()
+        })
+        .collect()
+}
+
+/// The sum over `texts` of every series of metric `name` whose labels
+/// contain `labels` (`""`: all of them).
+fn metric_total(texts: &[String], name: &str, labels: &str) -> u64 {
+    texts
+        .iter()
+        .flat_map(|text| text.lines())
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (series, value) = rest.rsplit_once(' ')?;
+            let labelled = series.is_empty() || series.starts_with('{');
+            (labelled && series.contains(labels)).then(|| value.parse::<u64>().ok())?
         })
         .sum()
 }
@@ -743,10 +752,10 @@ fn metric_total(nodes: &[NodeClient], name: &str, labels: &str) -> u64 {
 const ROUND_STEPS: [&str; 3] = ["propose", "prevote", "precommit"];
 
 /// Round timeouts so far over all nodes, by step (as [`ROUND_STEPS`]).
-fn round_timeouts(nodes: &[NodeClient]) -> [u64; 3] {
+fn round_timeouts(texts: &[String]) -> [u64; 3] {
     ROUND_STEPS.map(|step| {
         metric_total(
-            nodes,
+            texts,
             "keyreg_round_timeouts_total",
             &format!("step=\"{step}\""),
         )
@@ -832,17 +841,7 @@ impl Histogram {
     }
 }
 
-fn stage_histograms(nodes: &[NodeClient]) -> Vec<Histogram> {
-    let texts: Vec<String> = nodes
-        .iter()
-        .filter_map(|node| {
-            ureq::get(&format!("{}/metrics", node.url()))
-                .call()
-                .ok()?
-                .into_string()
-                .ok()
-        })
-        .collect();
+fn stage_histograms(texts: &[String]) -> Vec<Histogram> {
     STAGES
         .iter()
         .map(|(name, _)| {

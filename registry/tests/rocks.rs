@@ -224,3 +224,40 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
     drop(rocks);
     assert!(!open(dir.path(), &net).store().has_head_index());
 }
+
+/// The transaction index keeps a hash's first commit, in the RocksDB store
+/// as in the in-memory one: a replay later in the same block or in a later
+/// block is rejected by execution and leaves the first location standing.
+#[test]
+fn the_transaction_index_keeps_the_first_commit_of_a_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let mut rocks = Env {
+        ledger: open(dir.path(), &net),
+        net: common::net(),
+    };
+    let mut mem = env();
+    let txs: Vec<Transaction> = (0..40).map(|i| register_acme(&admin, i)).collect();
+    let mut first_block = txs.clone();
+    first_block.push(txs[7].clone());
+    let replays = vec![txs[3].clone(), txs[39].clone(), register_acme(&admin, 40)];
+    for env_results in [
+        (rocks.run(first_block.clone()), rocks.run(replays.clone())),
+        (mem.run(first_block.clone()), mem.run(replays.clone())),
+    ] {
+        assert!(env_results.0[40].is_err(), "{:?}", env_results.0[40]);
+        assert!(env_results.1[0].is_err() && env_results.1[1].is_err());
+        assert!(!env_results.1[2].is_err());
+    }
+    for (i, tx) in txs.iter().chain(&replays[2..]).enumerate() {
+        let (height, index) = if i < 40 { (1, i as u32) } else { (2, 2) };
+        for location in [
+            rocks.ledger.tx_location(&tx.hash()).unwrap().unwrap(),
+            mem.ledger.tx_location(&tx.hash()).unwrap().unwrap(),
+        ] {
+            assert_eq!((location.height, location.index), (height, index), "tx {i}");
+            assert!(!location.result.is_err());
+        }
+    }
+}

@@ -3,8 +3,42 @@ use std::io::IsTerminal;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    keep_freed_memory();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Makes glibc's allocator keep freed memory for reuse instead of handing
+/// it back to the kernel: a block's commit allocates megabytes (its write
+/// batch, RocksDB's memtable arena), and with glibc's defaults each such
+/// allocation was fresh memory the kernel faulted in and zeroed page by page
+/// (a tenth of a saturated node's CPU in `perf`, docs/benchmarks.md). The
+/// node's peak heap is then kept for reuse rather than returned.
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// glibc's largest mmap threshold (`DEFAULT_MMAP_THRESHOLD_MAX`).
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        const TRIM_THRESHOLD: libc::c_int = 512 << 20;
+        // SAFETY: mallopt only sets allocator parameters; it runs before any
+        // other thread exists.
+        let set = unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+        };
+        if !set {
+            eprintln!("warning: glibc refused the allocator thresholds; running with its defaults");
+        }
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

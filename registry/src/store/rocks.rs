@@ -99,6 +99,45 @@ fn node_meta_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Bytes a write batch spends on one record besides its key and value, at
+/// most (tag, column family id and two length varints).
+const RECORD_OVERHEAD: usize = 16;
+
+/// A tree update encoded for the `nodes` and `stale` column families, each
+/// in ascending key order. A block's node and stale keys all start with its
+/// version, the highest stored, so in that order they are appends at the end
+/// of the memtable's skip list, where RocksDB's sequential-insert hint finds
+/// each position in a step or two instead of a search from the top.
+struct EncodedTree {
+    nodes: Vec<(Vec<u8>, Vec<u8>)>,
+    stale: Vec<Vec<u8>>,
+}
+
+impl EncodedTree {
+    fn new(tree: &TreeBatch) -> Self {
+        let mut nodes: Vec<(Vec<u8>, Vec<u8>)> = tree
+            .new_nodes
+            .iter()
+            .map(|(key, node)| (key.to_bytes(), node.to_bytes()))
+            .collect();
+        nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut stale: Vec<Vec<u8>> = tree.stale_nodes.iter().map(StaleNode::to_bytes).collect();
+        stale.sort_unstable();
+        EncodedTree { nodes, stale }
+    }
+
+    /// The update's size in a write batch, at most.
+    fn bytes(&self) -> usize {
+        let nodes: usize = self
+            .nodes
+            .iter()
+            .map(|(key, node)| key.len() + node.len() + RECORD_OVERHEAD)
+            .sum();
+        let stale: usize = self.stale.iter().map(|key| key.len() + RECORD_OVERHEAD).sum();
+        nodes + stale
+    }
+}
+
 pub struct RocksLedgerStore {
     db: DB,
     head: Option<u64>,
@@ -161,64 +200,54 @@ impl RocksLedgerStore {
         self.db.write_opt(batch, &opts).map_err(backend)
     }
 
-    /// Adds a tree update to `batch`, each column family's keys in
-    /// ascending order. A block's node and stale keys all start with its
-    /// version, the highest stored, so in order they are appends at the end
-    /// of the memtable's skip list, where RocksDB's sequential-insert hint
-    /// finds each position in a step or two instead of a search from the top.
-    fn add_tree_batch(&self, batch: &mut WriteBatch, tree: &TreeBatch) -> Result<(), StoreError> {
+    /// Adds an encoded tree update to `batch`.
+    fn add_tree_batch(&self, batch: &mut WriteBatch, tree: EncodedTree) -> Result<(), StoreError> {
         let nodes = self.cf(CF_NODES)?;
-        let mut new_nodes: Vec<(Vec<u8>, &Node)> = tree
-            .new_nodes
-            .iter()
-            .map(|(key, node)| (key.to_bytes(), node))
-            .collect();
-        new_nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for (key, node) in new_nodes {
-            batch.put_cf(nodes, key, node.to_bytes());
+        for (key, node) in tree.nodes {
+            batch.put_cf(nodes, key, node);
         }
         let stale = self.cf(CF_STALE)?;
-        let mut stale_keys: Vec<Vec<u8>> =
-            tree.stale_nodes.iter().map(StaleNode::to_bytes).collect();
-        stale_keys.sort_unstable();
-        for key in stale_keys {
+        for key in tree.stale {
             batch.put_cf(stale, key, b"");
         }
         Ok(())
     }
 
-    /// Adds the block's transactions to the transaction index, in hash
-    /// order (see [`Self::add_tree_batch`]), looked up with one batched read.
-    /// The first commit of a hash wins; a later copy was a rejected replay.
-    fn add_tx_index(
+    /// The block's new transaction index entries, in hash order (see
+    /// [`EncodedTree`]), looked up with one batched read. The first commit
+    /// of a hash wins; a later copy was a rejected replay.
+    fn tx_index_entries(
         &self,
-        batch: &mut WriteBatch,
         height: u64,
         results: &[TxResult],
         tx_hashes: &[Hash],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError> {
         // (hash, index in the block), sorted; the first index of a hash kept.
         let mut firsts: Vec<(&Hash, usize)> = tx_hashes.iter().zip(0..).collect();
         firsts.sort_unstable();
         firsts.dedup_by(|later, earlier| later.0 == earlier.0);
-        let txs = self.cf(CF_TXS)?;
-        let committed =
-            self.db
-                .batched_multi_get_cf(txs, firsts.iter().map(|(hash, _)| &hash.0), true);
+        let committed = self.db.batched_multi_get_cf(
+            self.cf(CF_TXS)?,
+            firsts.iter().map(|(hash, _)| &hash.0),
+            true,
+        );
+        let mut entries = Vec::with_capacity(firsts.len());
         for ((hash, index), committed) in firsts.into_iter().zip(committed) {
             if committed.map_err(backend)?.is_some() {
                 continue;
             }
+            let (Some(result), Ok(index32)) = (results.get(index), u32::try_from(index)) else {
+                return Err(StoreError::Order(format!("no result for transaction {index}")));
+            };
             let location = TxLocation {
                 version: TxLocation::VERSION,
                 height,
-                index: u32::try_from(index)
-                    .map_err(|_| StoreError::Order("block index beyond u32".into()))?,
-                result: results[index].clone(),
+                index: index32,
+                result: result.clone(),
             };
-            batch.put_cf(txs, hash.0, location.to_bytes());
+            entries.push((hash.0, location.to_bytes()));
         }
-        Ok(())
+        Ok(entries)
     }
 
     /// Adds `changes` to the head value index, tagged with `height`, when
@@ -301,7 +330,7 @@ impl LedgerStore for RocksLedgerStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
-        self.add_tree_batch(&mut batch, tree)?;
+        self.add_tree_batch(&mut batch, EncodedTree::new(tree))?;
         self.add_head_values(&mut batch, 0, state)?;
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
@@ -322,21 +351,39 @@ impl LedgerStore for RocksLedgerStore {
         check_append(self.head, committed, tree, results, tx_hashes)?;
         let block = &committed.block;
         let height = block.header.height;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block.to_bytes());
-        batch.put_cf(
-            self.cf(CF_HEADERS)?,
-            height_key(height),
-            block.header.to_bytes(),
+        let block_bytes = block.to_bytes();
+        let header_bytes = block.header.to_bytes();
+        let certificate_bytes = committed.certificate.to_bytes();
+        let tree = EncodedTree::new(tree);
+        let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
+        // Sized up front: a block's batch is megabytes, and growing it by
+        // doubling copies it and touches fresh pages each time.
+        let values_bytes: usize = changes
+            .values()
+            .map(|value| 32 + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD)
+            .sum();
+        let tx_index_bytes: usize = tx_index
+            .iter()
+            .map(|(_, location)| 32 + location.len() + RECORD_OVERHEAD)
+            .sum();
+        let mut batch = WriteBatch::with_capacity_bytes(
+            block_bytes.len()
+                + header_bytes.len()
+                + certificate_bytes.len()
+                + tree.bytes()
+                + values_bytes
+                + tx_index_bytes
+                + 8 * RECORD_OVERHEAD,
         );
-        batch.put_cf(
-            self.cf(CF_CERTS)?,
-            height_key(height),
-            committed.certificate.to_bytes(),
-        );
+        batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
+        batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);
+        batch.put_cf(self.cf(CF_CERTS)?, height_key(height), certificate_bytes);
         self.add_tree_batch(&mut batch, tree)?;
         self.add_head_values(&mut batch, height, changes)?;
-        self.add_tx_index(&mut batch, height, results, tx_hashes)?;
+        let txs = self.cf(CF_TXS)?;
+        for (hash, location) in tx_index {
+            batch.put_cf(txs, hash, location);
+        }
         batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
         self.write(batch)?;
         self.head = Some(height);

@@ -99,6 +99,9 @@ fn node_meta_key(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// A transaction index record: the hash and its encoded [`TxLocation`].
+type TxIndexEntry = ([u8; 32], Vec<u8>);
+
 /// Bytes a write batch spends on one record besides its key and value, at
 /// most (tag, column family id and two length varints).
 const RECORD_OVERHEAD: usize = 16;
@@ -133,7 +136,11 @@ impl EncodedTree {
             .iter()
             .map(|(key, node)| key.len() + node.len() + RECORD_OVERHEAD)
             .sum();
-        let stale: usize = self.stale.iter().map(|key| key.len() + RECORD_OVERHEAD).sum();
+        let stale: usize = self
+            .stale
+            .iter()
+            .map(|key| key.len() + RECORD_OVERHEAD)
+            .sum();
         nodes + stale
     }
 }
@@ -221,7 +228,7 @@ impl RocksLedgerStore {
         height: u64,
         results: &[TxResult],
         tx_hashes: &[Hash],
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<TxIndexEntry>, StoreError> {
         // (hash, index in the block), sorted; the first index of a hash kept.
         let mut firsts: Vec<(&Hash, usize)> = tx_hashes.iter().zip(0..).collect();
         firsts.sort_unstable();
@@ -237,7 +244,9 @@ impl RocksLedgerStore {
                 continue;
             }
             let (Some(result), Ok(index32)) = (results.get(index), u32::try_from(index)) else {
-                return Err(StoreError::Order(format!("no result for transaction {index}")));
+                return Err(StoreError::Order(format!(
+                    "no result for transaction {index}"
+                )));
             };
             let location = TxLocation {
                 version: TxLocation::VERSION,

@@ -118,16 +118,28 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
         .is_some());
 }
 
+/// A RocksDB ledger in `dir` and an in-memory one on the same test network,
+/// and acme's admin key.
+fn rocks_and_memory(
+    dir: &std::path::Path,
+) -> (
+    Env<RocksLedgerStore>,
+    Env,
+    keyreg_consensus::crypto::SigningKey,
+) {
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let rocks = Env {
+        ledger: open(dir, &net),
+        net: common::net(),
+    };
+    (rocks, env(), admin)
+}
+
 #[test]
 fn rocks_and_memory_stores_agree() {
     let dir = tempfile::tempdir().unwrap();
-    let net = net();
-    let admin = net.admin("acme").clone();
-    let mut rocks = Env {
-        ledger: open(dir.path(), &net),
-        net: common::net(),
-    };
-    let mut mem = env();
+    let (mut rocks, mut mem, admin) = rocks_and_memory(dir.path());
     for i in 0..3 {
         let txs = vec![register_acme(&admin, i)];
         rocks.run(txs.clone());
@@ -222,7 +234,7 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
     assert_eq!(rocks.ledger.head(), mem.ledger.head());
     // The stale index is never trusted again, even after a restart.
     drop(rocks);
-    assert!(!open(dir.path(), &net).store().has_head_index());
+    assert!(!open(dir.path(), &net()).store().has_head_index());
 }
 
 /// The transaction index keeps a hash's first commit, in the RocksDB store
@@ -231,13 +243,7 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
 #[test]
 fn the_transaction_index_keeps_the_first_commit_of_a_hash() {
     let dir = tempfile::tempdir().unwrap();
-    let net = net();
-    let admin = net.admin("acme").clone();
-    let mut rocks = Env {
-        ledger: open(dir.path(), &net),
-        net: common::net(),
-    };
-    let mut mem = env();
+    let (mut rocks, mut mem, admin) = rocks_and_memory(dir.path());
     let txs: Vec<Transaction> = (0..40).map(|i| register_acme(&admin, i)).collect();
     let mut first_block = txs.clone();
     first_block.push(txs[7].clone());

@@ -234,7 +234,7 @@ fn the_head_value_index_follows_the_tree_and_a_lagging_one_is_not_used() {
     assert_eq!(rocks.ledger.head(), mem.ledger.head());
     // The stale index is never trusted again, even after a restart.
     drop(rocks);
-    assert!(!open(dir.path(), &net()).store().has_head_index());
+    assert!(!open(dir.path(), &net).store().has_head_index());
 }
 
 /// The transaction index keeps a hash's first commit, in the RocksDB store

@@ -106,6 +106,12 @@ type TxIndexEntry = ([u8; 32], Vec<u8>);
 /// most (tag, column family id and two length varints).
 const RECORD_OVERHEAD: usize = 16;
 
+/// Room in a block's write batch for its header and for the records
+/// besides the values counted one by one (block, header and certificate by
+/// height, the head and the index height in `meta`), keys of at most 32
+/// bytes each, with a margin.
+const SMALL_RECORDS: usize = 8;
+
 /// A tree update encoded for the `nodes` and `stale` column families, each
 /// in ascending key order. A block's node and stale keys all start with its
 /// version, the highest stored, so in that order they are appends at the end
@@ -382,7 +388,7 @@ impl LedgerStore for RocksLedgerStore {
                 + tree.bytes()
                 + values_bytes
                 + tx_index_bytes
-                + 8 * RECORD_OVERHEAD,
+                + SMALL_RECORDS * (RECORD_OVERHEAD + 32),
         );
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Profiles the 4 keyreg-node processes of a net-bench run during its
+# throughput phase (docs/benchmarks.md, session 5).
+#
+#   tests/profile/profile-nodes.sh OUT.data SECONDS -- [net-bench args]
+#   tests/profile/stack-shares.py OUT.txt 'admission::admit' 'Ledger.*commit' ...
+#
+# Starts target/release/net-bench with the given arguments, waits for its
+# bound line and then for the nodes' CPU ticks to rise (the load generator
+# has finished pre-signing and submits), records SECONDS of call stacks of
+# every node with perf, lets net-bench finish, and writes OUT.txt
+# (`perf script`) for stack-shares.py. Needs perf (Debian's linux-perf).
+set -euo pipefail
+out=$1 seconds=$2
+shift 2
+[ "${1:-}" = "--" ] && shift
+cd "$(dirname "$0")/../.."
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+target/release/net-bench "$@" >"$log" 2>&1 &
+bench=$!
+for _ in $(seq 120); do grep -q "bound" "$log" && break; sleep 1; done
+previous=0
+for _ in $(seq 200); do
+  ticks=0
+  for pid in $(pgrep -x keyreg-node); do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  # More than 0.6 CPU-seconds of node time in half a second: under load.
+  if [ "$previous" -gt 0 ] && [ $((ticks - previous)) -gt 60 ]; then break; fi
+  previous=$ticks
+  sleep 0.5
+done
+perf record -F 400 --call-graph dwarf,16384 -p "$(pgrep -d, -x keyreg-node)" -o "$out" -- sleep "$seconds"
+wait "$bench"
+cat "$log"
+perf script -i "$out" -F comm,tid,ip,sym >"${out%.data}.txt" 2>/dev/null

@@ -24,7 +24,23 @@ LOAD_PID=""
 MAX_LOAD_TXS=${MAX_LOAD_TXS:-3000}
 
 step() { printf '\n== %s\n' "$*"; }
-fail() { echo "fault-test: FAILED: $*" >&2; exit 1; }
+fail() {
+  echo "fault-test: FAILED: $*" >&2
+  diagnose >&2 || true
+  exit 1
+}
+# What each node says when a step fails: its height, its container state
+# and the end of its log, so a failure in CI can be read after the fact.
+diagnose() {
+  local n id
+  [ -n "${ALL+set}" ] || return 0
+  for n in "${ALL[@]}"; do
+    id=$(container "$n" 2>/dev/null) || continue
+    [ -n "$id" ] || { echo "--- $n: no container"; continue; }
+    echo "--- $n: height $(height "$n"), $(docker inspect -f '{{.State.Status}} (exit {{.State.ExitCode}})' "$id")"
+    docker logs --tail 15 "$id" 2>&1 | cut -c1-300
+  done
+}
 
 cleanup() {
   [ -n "$LOAD_PID" ] && kill "$LOAD_PID" 2>/dev/null || true

@@ -18,7 +18,7 @@ fn main() -> std::process::ExitCode {
 /// it back to the kernel: a block's commit allocates megabytes (its write
 /// batch, RocksDB's memtable arena), and with glibc's defaults each such
 /// allocation was fresh memory the kernel faulted in and zeroed page by page
-/// (up to a tenth of a saturated node's CPU in `perf`, docs/benchmarks.md). The
+/// (4–13 % of a saturated node's CPU in `perf`, docs/benchmarks.md). The
 /// node's peak heap is then kept for reuse rather than returned.
 fn keep_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -106,6 +106,11 @@ type TxIndexEntry = ([u8; 32], Vec<u8>);
 /// most (tag, column family id and two length varints).
 const RECORD_OVERHEAD: usize = 16;
 
+/// A record's size in a write batch, at most.
+fn record_bytes(key_len: usize, value_len: usize) -> usize {
+    key_len + value_len + RECORD_OVERHEAD
+}
+
 /// Room in a block's write batch for its header and for the records
 /// besides the values counted one by one (block, header and certificate by
 /// height, the head and the index height in `meta`), keys of at most 32
@@ -140,12 +145,12 @@ impl EncodedTree {
         let nodes: usize = self
             .nodes
             .iter()
-            .map(|(key, node)| key.len() + node.len() + RECORD_OVERHEAD)
+            .map(|(key, node)| record_bytes(key.len(), node.len()))
             .sum();
         let stale: usize = self
             .stale
             .iter()
-            .map(|key| key.len() + RECORD_OVERHEAD)
+            .map(|key| record_bytes(key.len(), 0))
             .sum();
         nodes + stale
     }
@@ -251,7 +256,7 @@ impl RocksLedgerStore {
             }
             let (Some(result), Ok(index32)) = (results.get(index), u32::try_from(index)) else {
                 return Err(StoreError::Order(format!(
-                    "no result for transaction {index}"
+                    "transaction {index} has no result or is beyond a block's u32 index"
                 )));
             };
             let location = TxLocation {
@@ -375,11 +380,11 @@ impl LedgerStore for RocksLedgerStore {
         // doubling copies it and touches fresh pages each time.
         let values_bytes: usize = changes
             .values()
-            .map(|value| 32 + value.as_ref().map_or(0, Vec::len) + RECORD_OVERHEAD)
+            .map(|value| record_bytes(32, value.as_ref().map_or(0, Vec::len)))
             .sum();
         let tx_index_bytes: usize = tx_index
             .iter()
-            .map(|(_, location)| 32 + location.len() + RECORD_OVERHEAD)
+            .map(|(_, location)| record_bytes(32, location.len()))
             .sum();
         let mut batch = WriteBatch::with_capacity_bytes(
             block_bytes.len()
@@ -388,7 +393,7 @@ impl LedgerStore for RocksLedgerStore {
                 + tree.bytes()
                 + values_bytes
                 + tx_index_bytes
-                + SMALL_RECORDS * (RECORD_OVERHEAD + 32),
+                + SMALL_RECORDS * record_bytes(32, 0),
         );
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);

@@ -73,7 +73,7 @@ impl Domain {
 /// Starts a BLAKE3 hasher already bound to `domain`.
 pub fn hasher(domain: Domain) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
-    h.update(b"keyreg/");
+    h.update(DOMAIN_PREFIX);
     h.update(domain.tag().as_bytes());
     h.update(&[0]);
     h
@@ -81,12 +81,36 @@ pub fn hasher(domain: Domain) -> blake3::Hasher {
 
 /// Hashes the concatenation of `parts` under `domain`.
 pub fn hash_parts(domain: Domain, parts: &[&[u8]]) -> Hash {
-    let mut h = hasher(domain);
-    for p in parts {
-        h.update(p);
-    }
-    Hash(*h.finalize().as_bytes())
+    one_shot(domain, parts).unwrap_or_else(|| {
+        let mut h = hasher(domain);
+        for p in parts {
+            h.update(p);
+        }
+        Hash(*h.finalize().as_bytes())
+    })
 }
+
+/// [`hash_parts`] for inputs up to [`ONE_SHOT_MAX`] bytes (transactions,
+/// headers, Merkle nodes), None for longer ones: the same bytes copied into
+/// a stack buffer and hashed in one call, hence the same hash, without
+/// moving the 2 KiB incremental hasher around.
+fn one_shot(domain: Domain, parts: &[&[u8]]) -> Option<Hash> {
+    let mut input = [0u8; ONE_SHOT_MAX];
+    let mut free: &mut [u8] = &mut input;
+    let prefix: [&[u8]; 3] = [DOMAIN_PREFIX, domain.tag().as_bytes(), &[0]];
+    for piece in prefix.into_iter().chain(parts.iter().copied()) {
+        let (head, tail) = std::mem::take(&mut free).split_at_mut_checked(piece.len())?;
+        head.copy_from_slice(piece);
+        free = tail;
+    }
+    let used = ONE_SHOT_MAX - free.len();
+    Some(Hash(*blake3::hash(input.get(..used)?).as_bytes()))
+}
+
+/// What every domain-separated hash starts with, before the tag.
+const DOMAIN_PREFIX: &[u8] = b"keyreg/";
+/// Inputs up to one BLAKE3 chunk are hashed from a stack buffer.
+const ONE_SHOT_MAX: usize = 1024;
 
 /// Hashes `bytes` under `domain`.
 pub fn hash(domain: Domain, bytes: &[u8]) -> Hash {
@@ -376,6 +400,29 @@ mod tests {
             hash(Domain::Header, b"x"),
             hash_parts(Domain::Header, &[b"x"])
         );
+    }
+
+    #[test]
+    fn one_shot_and_incremental_hashing_agree_around_the_chunk_boundary() {
+        let data = vec![0xa5u8; 2 * ONE_SHOT_MAX];
+        let prefix = DOMAIN_PREFIX.len() + Domain::Block.tag().len() + 1;
+        for len in [
+            0,
+            1,
+            ONE_SHOT_MAX - prefix - 1,
+            ONE_SHOT_MAX - prefix,
+            ONE_SHOT_MAX - prefix + 1,
+            2 * ONE_SHOT_MAX,
+        ] {
+            let (a, b) = data[..len].split_at(len / 3);
+            let mut incremental = hasher(Domain::Block);
+            incremental.update(&data[..len]);
+            let expected = Hash(*incremental.finalize().as_bytes());
+            assert_eq!(hash_parts(Domain::Block, &[a, b]), expected, "{len} bytes");
+            let mut spelled = b"keyreg/block\0".to_vec();
+            spelled.extend_from_slice(&data[..len]);
+            assert_eq!(expected.0, *blake3::hash(&spelled).as_bytes());
+        }
     }
 
     #[test]

@@ -204,6 +204,10 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
             Err(e) => tracing::debug!(error = %e, "undecodable transaction batch"),
         }
     }
+    shared
+        .metrics
+        .admission_round_transactions
+        .observe(raw.len() as f64);
     let mut verdicts = shared.submit_batch(&raw).into_iter();
     for (txs, reply) in submitted {
         let mut answer = Vec::with_capacity(txs.len());

@@ -68,6 +68,9 @@ pub struct Metrics {
     pub safety_persist_seconds: Histogram,
     /// From this node starting a height to committing it.
     pub height_seconds: Histogram,
+    /// Transactions checked together in one admission round (one batch
+    /// signature verification): bigger rounds verify faster per signature.
+    pub admission_round_transactions: Histogram,
 }
 
 /// 1 ms to ~16 s in doublings: stage timings from a fast commit to a
@@ -92,6 +95,7 @@ impl Metrics {
         let block_commit_seconds = seconds_histogram();
         let safety_persist_seconds = seconds_histogram();
         let height_seconds = seconds_histogram();
+        let admission_round_transactions = Histogram::new(exponential_buckets(1.0, 2.0, 14));
         registry.register(
             "height",
             "Height of the latest committed block",
@@ -149,6 +153,11 @@ impl Metrics {
             "From starting a height to committing it",
             height_seconds.clone(),
         );
+        registry.register(
+            "admission_round_transactions",
+            "Transactions checked together in one admission round (one batch verification)",
+            admission_round_transactions.clone(),
+        );
         Metrics {
             registry: std::sync::Arc::new(registry),
             height,
@@ -164,6 +173,7 @@ impl Metrics {
             block_commit_seconds,
             safety_persist_seconds,
             height_seconds,
+            admission_round_transactions,
         }
     }
 
@@ -221,6 +231,7 @@ mod tests {
             "keyreg_block_commit_seconds_bucket{le=\"0.002\"} 0",
             "keyreg_block_commit_seconds_bucket{le=\"0.004\"} 1",
             "keyreg_height_seconds_count 0",
+            "keyreg_admission_round_transactions_count 0",
             "keyreg_round_timeouts_total{step=\"precommit\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");

@@ -15,29 +15,35 @@ pub fn value_hash(value: &[u8]) -> Hash {
     hash(Domain::TreeValue, value)
 }
 
-/// `H(TreeLeaf, key || value_hash)`.
+/// `K(TreeLeaf, key || value_hash)`.
 pub fn leaf_hash(key: &Hash, value_hash: &Hash) -> Hash {
-    hash_pair(LEAF_PREFIX, key, value_hash)
+    hash_pair(&LEAF_KEY, key, value_hash)
 }
 
-/// `H(TreeNode, left || right)`: an inner node of the binary view.
+/// `K(TreeNode, left || right)`: an inner node of the binary view.
 pub fn internal_hash(left: &Hash, right: &Hash) -> Hash {
-    hash_pair(NODE_PREFIX, left, right)
+    hash_pair(&NODE_KEY, left, right)
 }
 
-/// What `keyreg_consensus::crypto::hasher` feeds before the data, spelled
-/// out so the two hot hashes below run as one-shot BLAKE3 over a stack
-/// buffer instead of through the (2 KiB) incremental hasher. A test checks
-/// they agree with `hash_parts`.
-const LEAF_PREFIX: &[u8; 17] = b"keyreg/tree-leaf\0";
-const NODE_PREFIX: &[u8; 17] = b"keyreg/tree-node\0";
+/// The keys of the two hot pair hashes: BLAKE3's `derive_key` with the
+/// context `"keyreg/" || tag` and no key material (a test pins them). Keyed
+/// mode separates these domains from each other and from every prefixed
+/// `H(domain, ..)` without a prefix in the input, so the 64-byte input is a
+/// single BLAKE3 block: one compression per hash instead of two.
+const LEAF_KEY: [u8; 32] = [
+    0x5c, 0xbb, 0xbf, 0x63, 0x2f, 0x4f, 0x62, 0x80, 0x6e, 0x8e, 0x39, 0x41, 0x98, 0xaa, 0xca, 0x1d,
+    0xd9, 0x08, 0x05, 0x66, 0x84, 0x23, 0x48, 0x19, 0xd8, 0x4c, 0x55, 0x23, 0xdf, 0x92, 0x4d, 0x60,
+];
+const NODE_KEY: [u8; 32] = [
+    0x10, 0x9b, 0xd7, 0x6a, 0xdb, 0x95, 0x6f, 0x12, 0x1d, 0xa0, 0xee, 0x13, 0xa8, 0x70, 0x1a, 0x77,
+    0xf0, 0x89, 0x1f, 0xaa, 0xf2, 0x85, 0x60, 0xbc, 0x97, 0x0f, 0x6f, 0x8a, 0xec, 0x10, 0x6f, 0xc6,
+];
 
-fn hash_pair(prefix: &[u8; 17], first: &Hash, second: &Hash) -> Hash {
-    let mut input = [0u8; 17 + 64];
-    input[..17].copy_from_slice(prefix);
-    input[17..49].copy_from_slice(&first.0);
-    input[49..].copy_from_slice(&second.0);
-    Hash(*blake3::hash(&input).as_bytes())
+fn hash_pair(key: &[u8; 32], first: &Hash, second: &Hash) -> Hash {
+    let mut input = [0u8; 64];
+    input[..32].copy_from_slice(&first.0);
+    input[32..].copy_from_slice(&second.0);
+    Hash(*blake3::keyed_hash(key, &input).as_bytes())
 }
 
 /// Bit `index` of `key` (0 = most significant bit of the first byte).
@@ -73,16 +79,28 @@ mod tests {
     }
 
     #[test]
-    fn pair_hashes_match_the_shared_domain_hashing() {
-        use keyreg_consensus::crypto::hash_parts;
+    fn pair_hashes_are_keyed_by_their_domains() {
+        for (key, domain) in [(LEAF_KEY, Domain::TreeLeaf), (NODE_KEY, Domain::TreeNode)] {
+            let context = format!("keyreg/{}", domain.tag());
+            assert_eq!(key, blake3::derive_key(&context, b""), "{context}");
+        }
         let (a, b) = (hash(Domain::Block, b"a"), hash(Domain::Block, b"b"));
+        let mut input = [0u8; 64];
+        input[..32].copy_from_slice(&a.0);
+        input[32..].copy_from_slice(&b.0);
         assert_eq!(
-            leaf_hash(&a, &b),
-            hash_parts(Domain::TreeLeaf, &[&a.0, &b.0])
+            internal_hash(&a, &b).0,
+            *blake3::keyed_hash(&NODE_KEY, &input).as_bytes()
         );
         assert_eq!(
+            leaf_hash(&a, &b).0,
+            *blake3::keyed_hash(&LEAF_KEY, &input).as_bytes()
+        );
+        // Distinct from each other and from the prefixed domain hashes.
+        assert_ne!(leaf_hash(&a, &b), internal_hash(&a, &b));
+        assert_ne!(
             internal_hash(&a, &b),
-            hash_parts(Domain::TreeNode, &[&a.0, &b.0])
+            keyreg_consensus::crypto::hash_parts(Domain::TreeNode, &[&a.0, &b.0])
         );
     }
 

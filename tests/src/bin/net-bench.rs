@@ -598,6 +598,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
     let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
+    let batching_before = metrics_texts(nodes);
     let cpu_before = cpu_split(net)?;
     let load = run_load(
         nodes,
@@ -647,9 +648,11 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         after.1,
         throughput / bound.1.min(after.1).max(1e-9)
     );
+    let batching_after = metrics_texts(nodes);
+    print_batching(&batching_before, &batching_after);
     println!(
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
-        metric_total(&metrics_texts(nodes), "keyreg_fetched_txs_total", "")
+        metric_total(&batching_after, "keyreg_fetched_txs_total", "")
     );
     for f in load.failures.iter().take(5) {
         println!("  failure: {f}");
@@ -841,19 +844,49 @@ impl Histogram {
     }
 }
 
+/// The histogram `name` summed over the nodes' metrics `texts`.
+fn summed_histogram(texts: &[String], name: &str) -> Histogram {
+    let mut histogram = Histogram::default();
+    for line in texts.iter().flat_map(|t| t.lines()) {
+        histogram.add_line(name, line);
+    }
+    histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    histogram
+}
+
 fn stage_histograms(texts: &[String]) -> Vec<Histogram> {
     STAGES
         .iter()
-        .map(|(name, _)| {
-            let mut histogram = Histogram::default();
-            for line in texts.iter().flat_map(|t| t.lines()) {
-                histogram.add_line(name, line);
-            }
-            histogram.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-            histogram
-        })
+        .map(|(name, _)| summed_histogram(texts, name))
         .collect()
 }
+
+/// How the throughput phase batched: transactions per admission round
+/// (one batch verification) and per committed block, over all nodes.
+fn print_batching(before: &[String], after: &[String]) {
+    let rounds = summed_histogram(after, ADMISSION_ROUNDS)
+        .since(&summed_histogram(before, ADMISSION_ROUNDS));
+    let blocks = metric_total(after, "keyreg_commits_total", "").saturating_sub(metric_total(
+        before,
+        "keyreg_commits_total",
+        "",
+    ));
+    let txs = metric_total(after, "keyreg_transactions_total", "").saturating_sub(metric_total(
+        before,
+        "keyreg_transactions_total",
+        "",
+    ));
+    println!(
+        "  batching, all nodes: {} admission rounds of mean {:.0} transactions (p50 <= {:.0}, p99 <= {:.0}); {blocks} block commits of mean {:.0} transactions",
+        rounds.count,
+        rounds.sum / rounds.count.max(1) as f64,
+        rounds.quantile_bound(0.5),
+        rounds.quantile_bound(0.99),
+        txs as f64 / blocks.max(1) as f64,
+    );
+}
+
+const ADMISSION_ROUNDS: &str = "keyreg_admission_round_transactions";
 
 fn print_stages(before: &[Histogram], after: &[Histogram]) {
     println!("  where the nodes' heights spent their time meanwhile (all nodes; bucket bounds):");

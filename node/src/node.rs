@@ -245,6 +245,27 @@ impl Shared {
                 Err(e) => verdicts.push(Err(e)),
             }
         }
+        // Already committed ones are refused, all looked up in one read.
+        let hashes: Vec<&Hash> = decoded.iter().map(|(_, tx)| &tx.hash).collect();
+        match self.read_ledger().are_committed(&hashes) {
+            Ok(committed) => {
+                let mut committed = committed.into_iter();
+                decoded.retain(|(slot, _)| {
+                    let known = committed.next().unwrap_or(true);
+                    if let (true, Some(verdict)) = (known, verdicts.get_mut(*slot)) {
+                        *verdict = Err(SubmitError::AlreadyKnown);
+                    }
+                    !known
+                });
+            }
+            Err(e) => {
+                for (slot, _) in decoded.drain(..) {
+                    if let Some(verdict) = verdicts.get_mut(slot) {
+                        *verdict = Err(SubmitError::Internal(e.to_string()));
+                    }
+                }
+            }
+        }
         // The transactions move into one slice for the batch check and back
         // into their pool entries after it (no copies).
         let (entries, txs): (Vec<_>, Vec<Transaction>) = decoded
@@ -276,18 +297,12 @@ impl Shared {
         let tx =
             Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
         let pooled = PooledTx {
-            hash: tx.hash(),
+            // `from_bytes` accepted `bytes`, so they are the canonical encoding.
+            hash: Transaction::id_of_canonical(bytes),
             size: bytes.len(),
             tx,
         };
         self.mempool().precheck(&pooled)?;
-        let committed = self
-            .read_ledger()
-            .tx_location(&pooled.hash)
-            .map_err(|e| SubmitError::Internal(e.to_string()))?;
-        if committed.is_some() {
-            return Err(SubmitError::AlreadyKnown);
-        }
         Ok(pooled)
     }
 

@@ -251,6 +251,13 @@ async fn four_validators_serve_devices_survive_a_restart_and_admit_a_fifth() {
         (409, Some("already_known"))
     );
     wait_committed(api(&nodes, 2), hash).await;
+    // Committed, hence out of node 2's mempool: its transaction index refuses it.
+    let (status, body) = post(api(&nodes, 2), "/v1/transactions", tx_body(&register)).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("already_known")),
+        "{body}"
+    );
     let set = current_set(api(&nodes, 3)).await;
     let record = lookup(api(&nodes, 3), "demo/sensor-1", &set).await.unwrap();
     assert_eq!(record.signing_key, device.public());

@@ -387,6 +387,11 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(self.store.tx_location(tx_hash)?)
     }
 
+    /// Whether each of `tx_hashes` is committed, in order, in one store read.
+    pub fn are_committed(&self, tx_hashes: &[&Hash]) -> Result<Vec<bool>, LedgerError> {
+        Ok(self.store.are_committed(tx_hashes)?)
+    }
+
     /// A proof of `name`'s record (or absence) at the head.
     pub fn device_proof(&self, name: &DeviceName) -> Result<DeviceProof, LedgerError> {
         self.device_proof_at(name, self.head.height)

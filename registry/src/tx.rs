@@ -433,7 +433,14 @@ impl Transaction {
 
     /// The transaction's id: `hash(Domain::Transaction, canonical bytes)`.
     pub fn hash(&self) -> Hash {
-        hash(Domain::Transaction, &self.to_bytes())
+        Self::id_of_canonical(&self.to_bytes())
+    }
+
+    /// The id of the transaction whose canonical encoding is `bytes`, such
+    /// as bytes [`from_bytes`](Canonical::from_bytes) accepted (it accepts
+    /// only the canonical encoding), without encoding it again.
+    pub fn id_of_canonical(bytes: &[u8]) -> Hash {
+        hash(Domain::Transaction, bytes)
     }
 
     pub fn has_signer(&self, key: &PublicKey) -> bool {

@@ -75,6 +75,14 @@ pub trait LedgerStore: NodeReader {
     /// `None` for height 0 (genesis is trusted by its hash).
     fn certificate(&self, height: u64) -> Result<Option<CommitCertificate>, StoreError>;
     fn tx_location(&self, tx_hash: &Hash) -> Result<Option<TxLocation>, StoreError>;
+    /// Whether each of `tx_hashes` is in the transaction index (committed),
+    /// in order: a store may answer them in one batched read.
+    fn are_committed(&self, tx_hashes: &[&Hash]) -> Result<Vec<bool>, StoreError> {
+        tx_hashes
+            .iter()
+            .map(|hash| Ok(self.tx_location(hash)?.is_some()))
+            .collect()
+    }
     /// Initialises an empty store with the genesis header, tree version 0
     /// and its records (`state`, for the head value index).
     fn write_genesis(

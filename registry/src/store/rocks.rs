@@ -332,6 +332,14 @@ impl LedgerStore for RocksLedgerStore {
         self.get_decoded(CF_TXS, &tx_hash.0)
     }
 
+    fn are_committed(&self, tx_hashes: &[&Hash]) -> Result<Vec<bool>, StoreError> {
+        self.db
+            .batched_multi_get_cf(self.cf(CF_TXS)?, tx_hashes.iter().map(|h| &h.0), false)
+            .into_iter()
+            .map(|found| Ok(found.map_err(backend)?.is_some()))
+            .collect()
+    }
+
     fn write_genesis(
         &mut self,
         genesis_hash: &Hash,

@@ -81,24 +81,29 @@ pub fn hasher(domain: Domain) -> blake3::Hasher {
 
 /// Hashes the concatenation of `parts` under `domain`.
 pub fn hash_parts(domain: Domain, parts: &[&[u8]]) -> Hash {
-    one_shot(domain, parts).unwrap_or_else(|| {
-        let mut h = hasher(domain);
-        for p in parts {
-            h.update(p);
+    let tag = domain.tag().as_bytes();
+    let prefix: [&[u8]; 3] = [DOMAIN_PREFIX, tag, &[0]];
+    let len: usize = prefix.iter().chain(parts).map(|p| p.len()).sum();
+    if len <= ONE_SHOT_MAX {
+        if let Some(hash) = one_shot(prefix.iter().chain(parts).copied()) {
+            return hash;
         }
-        Hash(*h.finalize().as_bytes())
-    })
+    }
+    let mut h = hasher(domain);
+    for p in parts {
+        h.update(p);
+    }
+    Hash(*h.finalize().as_bytes())
 }
 
-/// [`hash_parts`] for inputs up to [`ONE_SHOT_MAX`] bytes (transactions,
-/// headers, Merkle nodes), None for longer ones: the same bytes copied into
-/// a stack buffer and hashed in one call, hence the same hash, without
-/// moving the 2 KiB incremental hasher around.
-fn one_shot(domain: Domain, parts: &[&[u8]]) -> Option<Hash> {
+/// BLAKE3 of the concatenated `pieces` (at most [`ONE_SHOT_MAX`] bytes, else
+/// None), copied into a stack buffer and hashed in one call: the same hash
+/// as the incremental hasher's, without moving its 2 KiB of state around.
+/// Transactions, headers and Merkle nodes fit.
+fn one_shot<'a>(pieces: impl Iterator<Item = &'a [u8]>) -> Option<Hash> {
     let mut input = [0u8; ONE_SHOT_MAX];
     let mut free: &mut [u8] = &mut input;
-    let prefix: [&[u8]; 3] = [DOMAIN_PREFIX, domain.tag().as_bytes(), &[0]];
-    for piece in prefix.into_iter().chain(parts.iter().copied()) {
+    for piece in pieces {
         let (head, tail) = std::mem::take(&mut free).split_at_mut_checked(piece.len())?;
         head.copy_from_slice(piece);
         free = tail;
@@ -119,14 +124,14 @@ pub fn hash(domain: Domain, bytes: &[u8]) -> Hash {
 
 /// The signed message `"keyreg/" || tag || 0x00 || msg`, in parts.
 fn signed_parts(domain: Domain, msg: &[u8]) -> [&[u8]; 4] {
-    [b"keyreg/", domain.tag().as_bytes(), &[0], msg]
+    [DOMAIN_PREFIX, domain.tag().as_bytes(), &[0], msg]
 }
 
 /// The bytes a keyreg Ed25519 signature covers: `"keyreg/" || tag || 0x00 || msg`.
 pub fn signed_message(domain: Domain, msg: &[u8]) -> Vec<u8> {
     let tag = domain.tag().as_bytes();
     let mut m = Vec::with_capacity(8 + tag.len() + msg.len());
-    m.extend_from_slice(b"keyreg/");
+    m.extend_from_slice(DOMAIN_PREFIX);
     m.extend_from_slice(tag);
     m.push(0);
     m.extend_from_slice(msg);

@@ -247,25 +247,31 @@ impl Shared {
         }
         // Already committed ones are refused, all looked up in one read.
         let hashes: Vec<&Hash> = decoded.iter().map(|(_, tx)| &tx.hash).collect();
-        match self.read_ledger().are_committed(&hashes) {
+        let refusals: Vec<Option<SubmitError>> = match self.read_ledger().are_committed(&hashes) {
+            Ok(committed) if committed.len() == hashes.len() => committed
+                .into_iter()
+                .map(|known| known.then_some(SubmitError::AlreadyKnown))
+                .collect(),
             Ok(committed) => {
-                let mut committed = committed.into_iter();
-                decoded.retain(|(slot, _)| {
-                    let known = committed.next().unwrap_or(true);
-                    if let (true, Some(verdict)) = (known, verdicts.get_mut(*slot)) {
-                        *verdict = Err(SubmitError::AlreadyKnown);
-                    }
-                    !known
-                });
+                let e = format!(
+                    "transaction index answered {} of {} look-ups",
+                    committed.len(),
+                    hashes.len()
+                );
+                vec![Some(SubmitError::Internal(e)); hashes.len()]
             }
-            Err(e) => {
-                for (slot, _) in decoded.drain(..) {
-                    if let Some(verdict) = verdicts.get_mut(slot) {
-                        *verdict = Err(SubmitError::Internal(e.to_string()));
-                    }
+            Err(e) => vec![Some(SubmitError::Internal(e.to_string())); hashes.len()],
+        };
+        let mut refusals = refusals.into_iter();
+        decoded.retain(|(slot, _)| match refusals.next().flatten() {
+            None => true,
+            Some(refusal) => {
+                if let Some(verdict) = verdicts.get_mut(*slot) {
+                    *verdict = Err(refusal);
                 }
+                false
             }
-        }
+        });
         // The transactions move into one slice for the batch check and back
         // into their pool entries after it (no copies).
         let (entries, txs): (Vec<_>, Vec<Transaction>) = decoded

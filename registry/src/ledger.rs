@@ -387,7 +387,8 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(self.store.tx_location(tx_hash)?)
     }
 
-    /// Whether each of `tx_hashes` is committed, in order, in one store read.
+    /// Whether each of `tx_hashes` is committed, in order (see
+    /// [`LedgerStore::are_committed`]: RocksDB answers in one batched read).
     pub fn are_committed(&self, tx_hashes: &[&Hash]) -> Result<Vec<bool>, LedgerError> {
         Ok(self.store.are_committed(tx_hashes)?)
     }

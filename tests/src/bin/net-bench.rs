@@ -866,16 +866,10 @@ fn stage_histograms(texts: &[String]) -> Vec<Histogram> {
 fn print_batching(before: &[String], after: &[String]) {
     let rounds = summed_histogram(after, ADMISSION_ROUNDS)
         .since(&summed_histogram(before, ADMISSION_ROUNDS));
-    let blocks = metric_total(after, "keyreg_commits_total", "").saturating_sub(metric_total(
-        before,
-        "keyreg_commits_total",
-        "",
-    ));
-    let txs = metric_total(after, "keyreg_transactions_total", "").saturating_sub(metric_total(
-        before,
-        "keyreg_transactions_total",
-        "",
-    ));
+    let increase =
+        |name| metric_total(after, name, "").saturating_sub(metric_total(before, name, ""));
+    let blocks = increase("keyreg_commits_total");
+    let txs = increase("keyreg_transactions_total");
     println!(
         "  batching, all nodes: {} admission rounds of mean {:.0} transactions (p50 <= {:.0}, p99 <= {:.0}); {blocks} block commits of mean {:.0} transactions",
         rounds.count,

@@ -35,7 +35,7 @@ use keyreg_consensus::{
 };
 use keyreg_registry::block::{BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use keyreg_registry::execute::BlockExecution;
-use keyreg_registry::{Block, CommittedBlock, LedgerError, LedgerStore, Transaction};
+use keyreg_registry::{tx_root, Block, CommittedBlock, LedgerError, LedgerStore};
 use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -69,6 +69,10 @@ const MAX_ACTIONS_PER_INPUT: usize = 10_000;
 const PACING_TICK: Duration = Duration::from_millis(20);
 /// Compact proposals whose missing transactions are being fetched at once.
 const MAX_FETCHES: usize = 4;
+/// Most blocks at the current height whose transaction ids are kept for
+/// their validation (one proposal per round; more only from an
+/// equivocating proposer, whose blocks are then hashed again).
+const MAX_KNOWN_TX_IDS: usize = 8;
 
 /// Identical consensus payloads are deduplicated for half the rebroadcast
 /// interval, so the engine's rebroadcasts are not swallowed by gossipsub.
@@ -102,6 +106,13 @@ pub struct Driver {
     /// Executions of proposals seen at the current height, by block hash,
     /// so a commit does not execute the block twice.
     executions: HashMap<Hash, BlockExecution>,
+    /// The transaction ids of blocks at the current height that this node
+    /// rebuilt from a compact proposal or checked from sync, by block hash:
+    /// validation takes them instead of hashing every transaction again.
+    /// Every block the engine sees has the transactions its header's root
+    /// commits to (see [`Driver::apply_synced`]), so one hash names one
+    /// transaction list. At most [`MAX_KNOWN_TX_IDS`].
+    known_tx_ids: HashMap<Hash, Vec<Hash>>,
     pending_start: Option<PendingStart>,
     /// When this node started the current height (`None` until it does:
     /// the first height after start-up or sync is not timed).
@@ -171,6 +182,7 @@ impl Driver {
             engine,
             timers: BinaryHeap::new(),
             executions: HashMap::new(),
+            known_tx_ids: HashMap::new(),
             pending_start: None,
             height_started: None,
             min_interval: Duration::from_millis(config.min_block_interval_ms),
@@ -303,10 +315,24 @@ impl Driver {
                 found.into_iter().flatten().collect()
             }
         };
+        let mut tx_ids = None;
         let Ok(message) = message.map_value(|compact| {
-            Ok::<_, std::convert::Infallible>(BlockValue(Arc::new(compact.into_block(txs))))
+            let (block, ids) = compact.into_block_and_ids(txs);
+            tx_ids = Some((block.hash(), ids));
+            Ok::<_, std::convert::Infallible>(BlockValue(Arc::new(block)))
         });
+        if let Some((block_hash, ids)) = tx_ids {
+            self.keep_tx_ids(block_hash, ids);
+        }
         Some(message)
+    }
+
+    /// Keeps the transaction ids of a block at the current height for its
+    /// validation (see [`Driver::known_tx_ids`]).
+    fn keep_tx_ids(&mut self, block_hash: Hash, tx_ids: Vec<Hash>) {
+        if self.known_tx_ids.len() < MAX_KNOWN_TX_IDS {
+            self.known_tx_ids.insert(block_hash, tx_ids);
+        }
     }
 
     /// Fetches the transactions `missing` from a compact proposal, asking
@@ -372,6 +398,18 @@ impl Driver {
                     self.shared.height()
                 )));
             }
+            // The certificate covers the header only: a peer could serve a
+            // certified header with other transactions, and the engine
+            // decides on the header's hash alone. Refuse them here, before
+            // any cached execution of the real block could be paired with
+            // them.
+            let tx_ids = committed.block.tx_hashes();
+            if tx_root(&tx_ids) != committed.block.header.tx_root {
+                return Ok(Err(format!(
+                    "block {height}: its transactions are not the ones its header commits to"
+                )));
+            }
+            self.keep_tx_ids(committed.block.hash(), tx_ids);
             let actions = self.engine.handle(Event::CommittedBlock {
                 height,
                 value: BlockValue(Arc::new(committed.block)),
@@ -554,13 +592,10 @@ impl Driver {
 
     /// Builds the next block from the oldest mempool transactions.
     fn propose(&mut self, height: u64) -> Option<BlockValue> {
-        let txs: Vec<Transaction> = self
+        let txs = self
             .shared
             .mempool()
-            .reap(MAX_BLOCK_BYTES, MAX_TXS_PER_PROPOSAL)
-            .into_iter()
-            .map(|p| p.tx)
-            .collect();
+            .reap(MAX_BLOCK_BYTES, MAX_TXS_PER_PROPOSAL);
         let ledger = self.shared.read_ledger();
         if ledger.height() + 1 != height {
             return None;
@@ -568,9 +603,9 @@ impl Driver {
         let timestamp_ms = now_ms().max(ledger.head().timestamp_ms + 1);
         // Every transaction comes from the mempool, which admits only those
         // that passed the stateless checks: their signatures are not
-        // verified again.
+        // verified again, nor are they hashed again.
         let started = Instant::now();
-        let proposal = ledger.propose(txs, timestamp_ms, self.key.public(), |_| true);
+        let proposal = ledger.propose_hashed(txs, timestamp_ms, self.key.public(), |_| true);
         observe_since(&self.shared.metrics.block_execute_seconds, started);
         match proposal {
             Ok((block, execution)) => {
@@ -605,12 +640,16 @@ impl Driver {
     /// Executes `block` against the head; its transactions already in the
     /// mempool passed the stateless checks on entry, so only the others'
     /// signatures are verified.
-    fn validate_known(&self, block: &Block) -> Result<BlockExecution, LedgerError> {
+    fn validate_known(&mut self, block: &Block) -> Result<BlockExecution, LedgerError> {
         let started = Instant::now();
+        let tx_ids = self
+            .known_tx_ids
+            .remove(&block.hash())
+            .unwrap_or_else(|| block.tx_hashes());
         let execution = self
             .shared
             .read_ledger()
-            .validate_prechecked(block, |hash| self.shared.mempool().contains(hash));
+            .validate_hashed(block, tx_ids, |hash| self.shared.mempool().contains(hash));
         observe_since(&self.shared.metrics.block_execute_seconds, started);
         execution
     }
@@ -644,6 +683,7 @@ impl Driver {
             observe_since(&self.shared.metrics.height_seconds, height_started);
         }
         self.executions.clear();
+        self.known_tx_ids.clear();
         self.shared.clear_proposal_txs();
         self.shared.set_height(height);
         {

@@ -4,6 +4,13 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
+    if let Err(missing) = check_cpu() {
+        eprintln!(
+            "error: this CPU lacks {missing}, which keyreg-node's RocksDB is compiled to use \
+             for its checksums (.cargo/config.toml); any x86-64 server CPU since 2010 has it"
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     keep_freed_memory();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(run()),
@@ -12,6 +19,22 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// RocksDB's C++ is built with SSE4.2 and PCLMUL (`.cargo/config.toml`):
+/// without them its first checksum would die of an illegal instruction
+/// instead of saying why.
+fn check_cpu() -> Result<(), &'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !std::arch::is_x86_feature_detected!("sse4.2") {
+            return Err("SSE4.2");
+        }
+        if !std::arch::is_x86_feature_detected!("pclmulqdq") {
+            return Err("PCLMULQDQ");
+        }
+    }
+    Ok(())
 }
 
 /// Makes glibc's allocator keep freed memory for reuse instead of handing

@@ -14,7 +14,7 @@ use keyreg_registry::block::MAX_BLOCK_TXS;
 use keyreg_registry::tx::MAX_TX_BYTES;
 use keyreg_registry::wire::CompactBlock;
 use keyreg_registry::{
-    check_stateless_all, CommittedBlock, Genesis, Ledger, LedgerError, RocksLedgerStore,
+    check_stateless_all, CommittedBlock, Genesis, HashedTx, Ledger, LedgerError, RocksLedgerStore,
     StoreError, Transaction, TxError,
 };
 use libp2p::Multiaddr;
@@ -61,15 +61,8 @@ pub enum NodeError {
     },
 }
 
-/// A transaction in the mempool, with its hash and size computed once.
-#[derive(Clone, Debug)]
-pub struct PooledTx {
-    pub tx: Transaction,
-    hash: Hash,
-    size: usize,
-}
-
-impl PoolTx for PooledTx {
+/// The mempool holds transactions with their ids and sizes computed once.
+impl PoolTx for HashedTx {
     fn tx_hash(&self) -> Hash {
         self.hash
     }
@@ -114,7 +107,7 @@ pub struct Shared {
     pub metrics: Metrics,
     pub network: NetworkHandle,
     ledger: RwLock<Ledger<Store>>,
-    mempool: Mutex<Mempool<PooledTx>>,
+    mempool: Mutex<Mempool<HashedTx>>,
     sync_lag: AtomicU64,
     height: AtomicU64,
     /// Transactions waiting for admission ([`admission`]).
@@ -144,7 +137,7 @@ impl Shared {
         self.ledger.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn mempool(&self) -> MutexGuard<'_, Mempool<PooledTx>> {
+    pub(crate) fn mempool(&self) -> MutexGuard<'_, Mempool<HashedTx>> {
         self.mempool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -276,7 +269,7 @@ impl Shared {
         // into their pool entries after it (no copies).
         let (entries, txs): (Vec<_>, Vec<Transaction>) = decoded
             .into_iter()
-            .map(|(slot, PooledTx { tx, hash, size })| ((slot, hash, size), tx))
+            .map(|(slot, HashedTx { tx, hash, size })| ((slot, hash, size), tx))
             .unzip();
         let checks = check_stateless_all(&self.chain_id, &txs);
         let mut mempool = self.mempool();
@@ -284,7 +277,7 @@ impl Shared {
             let verdict = match check {
                 Err(e) => Err(SubmitError::Invalid(e)),
                 Ok(()) => mempool
-                    .insert(PooledTx { tx, hash, size })
+                    .insert(HashedTx { tx, hash, size })
                     .map_err(SubmitError::from),
             };
             // `slot` indexes the verdict pushed for this input above.
@@ -296,18 +289,14 @@ impl Shared {
         verdicts
     }
 
-    fn decode_and_precheck(&self, bytes: &[u8]) -> Result<PooledTx, SubmitError> {
+    fn decode_and_precheck(&self, bytes: &[u8]) -> Result<HashedTx, SubmitError> {
         if bytes.len() > MAX_TX_BYTES {
             return Err(SubmitError::TooLarge(bytes.len()));
         }
         let tx =
             Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
-        let pooled = PooledTx {
-            // `from_bytes` accepted `bytes`, so they are the canonical encoding.
-            hash: Transaction::id_of_canonical(bytes),
-            size: bytes.len(),
-            tx,
-        };
+        // `from_bytes` accepted `bytes`, so they are the canonical encoding.
+        let pooled = HashedTx::from_canonical(tx, bytes);
         self.mempool().precheck(&pooled)?;
         Ok(pooled)
     }

@@ -1,4 +1,4 @@
-//! Four in-process validators over real libp2p on loopback:
+//! In-process nodes over real libp2p on loopback:
 //!
 //! * `POST /v1/transactions/batch` answers one verdict per transaction, in
 //!   order (admitted, refused with the TxError's name, already known), and
@@ -6,6 +6,8 @@
 //! * Proposals travel compact (header + transaction hashes): transactions
 //!   that only the proposer holds (admitted without gossip) are fetched by
 //!   the other validators, verified, executed and committed on every node.
+//! * A peer serving a certified header with other transactions (one
+//!   validator, one observer catching up from the liar) gets them refused.
 //!
 //! Waits are bounded polls with deadlines, never fixed sleeps.
 
@@ -13,14 +15,20 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
+use keyreg_node::driver::DUPLICATE_WINDOW;
+use keyreg_node::keys::read_key_file;
+use keyreg_node::network::{self, Network, NetworkConfig, NetworkEvent};
 use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
-use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
+use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
+use keyreg_registry::{CommittedBlock, DeviceName, DeviceRegistration, Transaction, TxBody};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -154,4 +162,175 @@ async fn batches_get_one_verdict_each_and_compact_proposals_fetch_what_is_missin
     for node in nodes {
         node.stop().await.unwrap();
     }
+}
+
+/// Answers a catching-up node's sync requests as `key`, from `blocks`
+/// (heights 1.. in order), with `forged` served in place of the block at
+/// its height, until `stop` fires; counts in `served` how often the forged
+/// block went out.
+async fn serve_forged_chain(
+    mut liar: Network,
+    blocks: Vec<CommittedBlock>,
+    forged: CommittedBlock,
+    served: Arc<AtomicUsize>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let head = blocks
+        .last()
+        .expect("a chain to serve")
+        .block
+        .header
+        .clone();
+    let forged_height = forged.block.header.height;
+    loop {
+        let event = tokio::select! {
+            _ = &mut stop => break,
+            event = liar.events.recv() => event,
+        };
+        let Some(NetworkEvent::InboundRequest { id, data, .. }) = event else {
+            continue;
+        };
+        let reply = match SyncRequest::from_bytes(&data).map(|r| r.query) {
+            Ok(SyncQuery::Status) => SyncReply::Status {
+                height: head.height,
+                head_hash: head.hash(),
+            },
+            Ok(SyncQuery::Blocks { from, limit }) => {
+                let range = from..from.saturating_add(u64::from(limit));
+                let answer: Vec<CommittedBlock> = blocks
+                    .iter()
+                    .filter(|b| range.contains(&b.block.header.height))
+                    .map(|b| match b.block.header.height == forged_height {
+                        true => forged.clone(),
+                        false => b.clone(),
+                    })
+                    .collect();
+                if range.contains(&forged_height) && !answer.is_empty() {
+                    served.fetch_add(1, Ordering::SeqCst);
+                }
+                SyncReply::Blocks(answer)
+            }
+            Ok(SyncQuery::Transactions { .. }) => SyncReply::Transactions(Vec::new()),
+            Err(e) => SyncReply::Error(e.to_string()),
+        };
+        let response = SyncResponse {
+            version: SyncResponse::VERSION,
+            reply,
+        };
+        let _ = liar.handle.respond(id, response.to_bytes()).await;
+    }
+    liar.handle.shutdown().await;
+    let _ = liar.task.await;
+}
+
+/// A certificate covers a header, not the transactions served with it: a
+/// peer that serves a certified header with other transactions must
+/// neither get them stored nor stop the node that is catching up, which
+/// then catches up from an honest peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_certified_header_served_with_other_transactions_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 1, 17, 0);
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
+    let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
+    let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
+
+    // The validator commits some registrations and a few blocks after them.
+    let validator = node::start(validator_home, fast_config(validator_home))
+        .await
+        .unwrap();
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let tx = registration(&admin, &format!("demo/liar-{i}"));
+        hashes.push(validator.shared.submit(tx.to_bytes()).await.unwrap());
+    }
+    wait_committed_everywhere(std::slice::from_ref(&validator), &hashes).await;
+    let forged_height = validator
+        .shared
+        .read_ledger()
+        .tx_location(&hashes[0])
+        .unwrap()
+        .unwrap()
+        .height;
+    let deadline = Instant::now() + DEADLINE;
+    while validator.shared.height() < forged_height + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no blocks after the registrations"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let blocks: Vec<CommittedBlock> = {
+        let ledger = validator.shared.read_ledger();
+        (1..=ledger.height())
+            .map(|h| ledger.committed_block(h).unwrap().unwrap())
+            .collect()
+    };
+    let honest = blocks[forged_height as usize - 1].clone();
+    // Same header and certificate, one transaction swapped for another
+    // that is valid on its own.
+    let mut forged = honest.clone();
+    forged.block.transactions[0] = registration(&admin, "demo/never-certified");
+    validator.stop().await.unwrap();
+
+    // The liar holds the validator's key and address.
+    let liar = network::start(
+        &validator_key,
+        NetworkConfig {
+            chain_id: CHAIN.into(),
+            listen: vec![layout[0].p2p_address.parse().unwrap()],
+            persistent_peers: Vec::new(),
+            allowed_keys: vec![validator_key.public(), observer_key.public()],
+            duplicate_window: DUPLICATE_WINDOW,
+        },
+    )
+    .await
+    .unwrap();
+    let (stop_liar, stop) = tokio::sync::oneshot::channel();
+    let served = Arc::new(AtomicUsize::new(0));
+    let liar = tokio::spawn(serve_forged_chain(
+        liar,
+        blocks,
+        forged,
+        served.clone(),
+        stop,
+    ));
+
+    // The observer applies the blocks before the forged one and refuses it,
+    // asking again in a later sync round.
+    let observer = node::start(observer_home, fast_config(observer_home))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while served.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the observer did not sync from the liar twice"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_liar.send(()).unwrap();
+    liar.await.unwrap();
+    assert_eq!(observer.shared.height(), forged_height - 1);
+
+    // The honest validator comes back on the same address; the observer,
+    // still running, catches up with the certified transactions.
+    let validator = node::start(validator_home, fast_config(validator_home))
+        .await
+        .unwrap();
+    let target = validator.shared.height();
+    let deadline = Instant::now() + DEADLINE;
+    while observer.shared.height() < target {
+        assert!(Instant::now() < deadline, "the observer did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stored = observer
+        .shared
+        .read_ledger()
+        .committed_block(forged_height)
+        .unwrap();
+    assert_eq!(stored, Some(honest));
+    observer.stop().await.unwrap();
+    validator.stop().await.unwrap();
 }

@@ -2,7 +2,7 @@
 //! node performs on it (propose, validate, commit, prove, prune).
 
 use keyreg_consensus::certificate::{verify_commit, CertificateError};
-use keyreg_consensus::codec::{try_encode, Canonical};
+use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{Hash, PublicKey};
 use keyreg_consensus::validators::ValidatorSet;
 use thiserror::Error;
@@ -18,7 +18,7 @@ use crate::records::{DeviceRecord, GovernanceRecord, OrgRecord, ValidatorInfo};
 use crate::state::{RecordReader, StateError, StateView};
 use crate::store::{LedgerStore, StoreError, TxLocation};
 use crate::tree_state::TreeState;
-use crate::tx::{check_stateless_unless, Transaction, TxError};
+use crate::tx::{check_stateless_unless, HashedTx, Transaction, TxError};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
@@ -36,6 +36,8 @@ pub enum LedgerError {
     Certificate(#[from] CertificateError),
     #[error("the execution is for height {execution}, the block is {block}")]
     ExecutionMismatch { execution: u64, block: u64 },
+    #[error("{ids} transaction ids given for a block of {txs} transactions")]
+    TxIdCount { ids: usize, txs: usize },
     #[error("no {what} at height {height}")]
     NotFound { what: &'static str, height: u64 },
     #[error("height 0 has no certificate: proofs start at height 1")]
@@ -246,7 +248,20 @@ impl<S: LedgerStore> Ledger<S> {
     /// [`execute`](Self::execute)).
     pub fn propose(
         &self,
-        mut txs: Vec<Transaction>,
+        txs: Vec<Transaction>,
+        timestamp_ms: u64,
+        proposer: PublicKey,
+        already_passed: impl Fn(&Hash) -> bool,
+    ) -> Result<(Block, BlockExecution), LedgerError> {
+        let hashed = txs.into_iter().map(HashedTx::new).collect();
+        self.propose_hashed(hashed, timestamp_ms, proposer, already_passed)
+    }
+
+    /// [`propose`](Self::propose) from transactions whose ids and sizes
+    /// were computed when they were admitted.
+    pub fn propose_hashed(
+        &self,
+        mut txs: Vec<HashedTx>,
         timestamp_ms: u64,
         proposer: PublicKey,
         already_passed: impl Fn(&Hash) -> bool,
@@ -255,12 +270,14 @@ impl<S: LedgerStore> Ledger<S> {
         let fitting = txs
             .iter()
             .take_while(|tx| {
-                size += try_encode(*tx).map_or(usize::MAX / 2, |b| b.len());
+                size = size.saturating_add(tx.size);
                 size <= MAX_BLOCK_BYTES
             })
             .count();
         txs.truncate(fitting);
-        let execution = self.execute(&txs, timestamp_ms, already_passed)?;
+        let (txs, tx_hashes): (Vec<Transaction>, Vec<Hash>) =
+            txs.into_iter().map(|tx| (tx.tx, tx.hash)).unzip();
+        let execution = self.execute_hashed(&txs, tx_hashes, timestamp_ms, already_passed)?;
         let header = Header {
             version: Header::VERSION,
             chain_id: self.chain_id.clone(),
@@ -294,7 +311,26 @@ impl<S: LedgerStore> Ledger<S> {
         block: &Block,
         already_passed: impl Fn(&Hash) -> bool,
     ) -> Result<BlockExecution, LedgerError> {
-        let tx_hashes = block.tx_hashes();
+        self.validate_hashed(block, block.tx_hashes(), already_passed)
+    }
+
+    /// [`validate_prechecked`](Self::validate_prechecked) given the ids of
+    /// the block's transactions, in order. The caller vouches that they are
+    /// those transactions' ids (it looked the transactions up by id, or
+    /// hashed them); the header's transaction root is checked against them.
+    pub fn validate_hashed(
+        &self,
+        block: &Block,
+        tx_hashes: Vec<Hash>,
+        already_passed: impl Fn(&Hash) -> bool,
+    ) -> Result<BlockExecution, LedgerError> {
+        debug_assert_eq!(tx_hashes, block.tx_hashes());
+        if tx_hashes.len() != block.transactions.len() {
+            return Err(LedgerError::TxIdCount {
+                ids: tx_hashes.len(),
+                txs: block.transactions.len(),
+            });
+        }
         block.check_against_parent_hashed(&self.chain_id, &self.head, &tx_hashes)?;
         let execution = self.execute_hashed(
             &block.transactions,

@@ -60,6 +60,6 @@ pub use store::{LedgerStore, MemLedgerStore, StoreError, TxLocation};
 pub use tree_state::TreeState;
 pub use tx::{
     check_stateless_all, check_stateless_unless, proof_of_possession_message, Authority,
-    DeviceRegistration, GovernanceAction, Revocation, Rotation, SignatureRef, SignerRole,
+    DeviceRegistration, GovernanceAction, HashedTx, Revocation, Rotation, SignatureRef, SignerRole,
     SizeLimit, Transaction, TxBody, TxError, TxSignature,
 };

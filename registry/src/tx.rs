@@ -138,6 +138,37 @@ impl Canonical for Transaction {
     }
 }
 
+/// A transaction with its id and the size of its canonical encoding,
+/// computed once, where it was decoded or built: `hash` is
+/// [`Transaction::hash`] of `tx` and `size` the length of its canonical
+/// bytes. The node's mempool holds these, and a proposal is built from them
+/// without encoding or hashing again ([`Ledger::propose_hashed`]).
+///
+/// [`Ledger::propose_hashed`]: crate::Ledger::propose_hashed
+#[derive(Clone, Debug)]
+pub struct HashedTx {
+    pub tx: Transaction,
+    pub hash: Hash,
+    pub size: usize,
+}
+
+impl HashedTx {
+    pub fn new(tx: Transaction) -> Self {
+        let bytes = tx.to_bytes();
+        Self::from_canonical(tx, &bytes)
+    }
+
+    /// `tx` given the bytes [`from_bytes`](Canonical::from_bytes) decoded it
+    /// from (which it accepts only in the canonical encoding).
+    pub fn from_canonical(tx: Transaction, bytes: &[u8]) -> Self {
+        HashedTx {
+            hash: Transaction::id_of_canonical(bytes),
+            size: bytes.len(),
+            tx,
+        }
+    }
+}
+
 /// Which signature failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub enum SignatureRef {

@@ -81,12 +81,19 @@ impl CompactBlock {
     /// The block, given its transactions in the order of `tx_hashes` (the
     /// caller looked them up by hash).
     pub fn into_block(self, transactions: Vec<Transaction>) -> Block {
+        self.into_block_and_ids(transactions).0
+    }
+
+    /// [`into_block`](Self::into_block), also handing back the
+    /// transactions' ids, so that validation need not hash them again.
+    pub fn into_block_and_ids(self, transactions: Vec<Transaction>) -> (Block, Vec<Hash>) {
         debug_assert_eq!(transactions.len(), self.tx_hashes.len());
-        Block {
+        let block = Block {
             version: Block::VERSION,
             header: self.header,
             transactions,
-        }
+        };
+        (block, self.tx_hashes)
     }
 }
 

@@ -190,6 +190,18 @@ fn block_checks_against_parent() {
         env.ledger.validate(&stranger),
         Err(LedgerError::Block(BlockError::UnknownProposer(_)))
     ));
+    // Ids handed in by the caller are held to the header's root and count.
+    env.ledger
+        .validate_hashed(&block, block.tx_hashes(), |_| false)
+        .unwrap();
+    assert!(matches!(
+        env.ledger.validate_hashed(&block, vec![Hash([4; 32])], |_| false),
+        Err(LedgerError::Block(BlockError::TxRoot { .. }))
+    ));
+    assert!(matches!(
+        env.ledger.validate_hashed(&block, Vec::new(), |_| false),
+        Err(LedgerError::TxIdCount { ids: 0, txs: 1 })
+    ));
 }
 
 #[test]

@@ -195,7 +195,8 @@ fn block_checks_against_parent() {
         .validate_hashed(&block, block.tx_hashes(), |_| false)
         .unwrap();
     assert!(matches!(
-        env.ledger.validate_hashed(&block, vec![Hash([4; 32])], |_| false),
+        env.ledger
+            .validate_hashed(&block, vec![Hash([4; 32])], |_| false),
         Err(LedgerError::Block(BlockError::TxRoot { .. }))
     ));
     assert!(matches!(

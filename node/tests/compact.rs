@@ -200,9 +200,12 @@ async fn serve_forged_chain(
                 let answer: Vec<CommittedBlock> = blocks
                     .iter()
                     .filter(|b| range.contains(&b.block.header.height))
-                    .map(|b| match b.block.header.height == forged_height {
-                        true => forged.clone(),
-                        false => b.clone(),
+                    .map(|b| {
+                        if b.block.header.height == forged_height {
+                            forged.clone()
+                        } else {
+                            b.clone()
+                        }
                     })
                     .collect();
                 if range.contains(&forged_height) && !answer.is_empty() {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::network::{NetworkHandle, Topic};
+use crate::network::{NetworkHandle, PendingRelay, RelayVerdict, Topic};
 use crate::node::{recv_or_shutdown, Shared, SubmitError};
 
 /// Arrivals waiting for admission, and admitted transactions waiting to be
@@ -58,15 +58,15 @@ pub enum Arrival {
         txs: Vec<Vec<u8>>,
         reply: oneshot::Sender<Vec<Result<Hash, SubmitError>>>,
     },
-    /// A batch gossiped by a peer, undecoded.
-    Gossiped(Vec<u8>),
+    /// A batch gossiped by a peer, undecoded, relayed once it is checked.
+    Gossiped { batch: Vec<u8>, relay: PendingRelay },
 }
 
 impl Arrival {
     fn bytes(&self) -> usize {
         match self {
             Arrival::Submitted { txs, .. } => txs.iter().map(Vec::len).sum(),
-            Arrival::Gossiped(payload) => payload.len(),
+            Arrival::Gossiped { batch, .. } => batch.len(),
         }
     }
 }
@@ -184,24 +184,33 @@ pub async fn admit_arrivals(
 }
 
 /// One round: every transaction of `round` checked in one batch, verdicts
-/// sent back to submitters, admitted submissions queued for gossip.
+/// sent back to submitters, admitted submissions queued for gossip, and
+/// each gossiped batch reported for relay.
 fn admit(shared: &Shared, round: Vec<Queued>) {
     let mut submitted = Vec::new();
     let mut gossiped = Vec::new();
     for queued in round {
         match queued.arrival {
             Arrival::Submitted { txs, reply } => submitted.push((txs, reply)),
-            Arrival::Gossiped(payload) => gossiped.push(payload),
+            Arrival::Gossiped { batch, relay } => gossiped.push((batch, relay)),
         }
     }
     let mut raw: Vec<&[u8]> = submitted
         .iter()
         .flat_map(|(txs, _)| txs.iter().map(Vec::as_slice))
         .collect();
-    for payload in &gossiped {
-        match decode_tx_batch(payload) {
-            Ok(txs) => raw.extend(txs),
-            Err(e) => tracing::debug!(error = %e, "undecodable transaction batch"),
+    // Transactions per gossiped batch; `None` for an undecodable one.
+    let mut batch_sizes = Vec::with_capacity(gossiped.len());
+    for (batch, relay) in &gossiped {
+        match decode_tx_batch(batch) {
+            Ok(txs) => {
+                batch_sizes.push(Some(txs.len()));
+                raw.extend(txs);
+            }
+            Err(e) => {
+                tracing::debug!(from = %relay.from(), error = %e, "undecodable transaction batch");
+                batch_sizes.push(None);
+            }
         }
     }
     shared
@@ -220,10 +229,44 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
         // The submitter may have gone (client timeout); the verdicts stand.
         let _ = reply.send(answer);
     }
-    for verdict in verdicts {
-        if let Err(e) = verdict {
-            tracing::trace!(error = %e, "gossiped transaction not admitted");
+    for ((_, relay), size) in gossiped.into_iter().zip(batch_sizes) {
+        let verdict = match size {
+            None => RelayVerdict::Reject,
+            Some(size) => relay_verdict(verdicts.by_ref().take(size)),
+        };
+        if verdict == RelayVerdict::Reject {
+            tracing::debug!(from = %relay.from(), "invalid transaction batch not relayed");
         }
+        shared.metrics.gossip_batch(verdict);
+        shared.network.relay(relay, verdict);
+    }
+}
+
+/// Whether a gossiped batch is relayed, from its transactions' verdicts:
+/// one provably invalid transaction (undecodable, non-canonical, a bad
+/// signature, another chain's) condemns the batch, since a correct node
+/// gossips only transactions it admitted; otherwise it is relayed if it
+/// brought at least one new transaction and every one was checked. A
+/// full mempool still checked them; this node's own size limit or a
+/// storage error left some unchecked, which is nobody's fault but leaves
+/// the batch unfit to relay.
+fn relay_verdict(verdicts: impl Iterator<Item = Result<Hash, SubmitError>>) -> RelayVerdict {
+    let (mut admitted, mut unchecked) = (false, false);
+    for verdict in verdicts {
+        match verdict {
+            Ok(_) => admitted = true,
+            Err(SubmitError::Malformed(_) | SubmitError::Invalid(_)) => {
+                return RelayVerdict::Reject
+            }
+            // Checked and valid; a peer may lack it or have room for it.
+            Err(SubmitError::AlreadyKnown | SubmitError::Busy) => {}
+            Err(SubmitError::TooLarge(_) | SubmitError::Internal(_)) => unchecked = true,
+        }
+    }
+    if admitted && !unchecked {
+        RelayVerdict::Relay
+    } else {
+        RelayVerdict::Ignore
     }
 }
 
@@ -231,19 +274,68 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
 mod tests {
     use super::*;
 
+    /// A submission of one transaction of `bytes` bytes (nobody waits for
+    /// its verdicts).
+    fn submission(bytes: usize) -> Arrival {
+        Arrival::Submitted {
+            txs: vec![vec![0u8; bytes]],
+            reply: oneshot::channel().0,
+        }
+    }
+
     #[test]
     fn the_admission_queue_is_bounded_by_bytes_as_well_as_by_count() {
         let (arrivals, mut queue) = Arrivals::new();
-        let batch = vec![0u8; 1 << 20];
         let mut queued = 0;
-        while arrivals.try_queue(Arrival::Gossiped(batch.clone())).is_ok() {
+        while arrivals.try_queue(submission(1 << 20)).is_ok() {
             queued += 1;
             assert!(queued <= QUEUE, "the byte budget never bound");
         }
         assert_eq!(queued, QUEUED_BYTES >> 20);
-        assert!(arrivals.try_queue(Arrival::Gossiped(vec![0])).is_err());
+        assert!(arrivals.try_queue(submission(1)).is_err());
         // An arrival taken out (admitted) gives its bytes back.
         drop(queue.try_recv().expect("a queued arrival"));
-        assert!(arrivals.try_queue(Arrival::Gossiped(batch)).is_ok());
+        assert!(arrivals.try_queue(submission(1 << 20)).is_ok());
+    }
+
+    #[test]
+    fn a_batch_is_relayed_only_when_every_transaction_checks_and_one_is_new() {
+        let id = Hash([7; 32]);
+        let verdict =
+            |verdicts: Vec<Result<Hash, SubmitError>>| relay_verdict(verdicts.into_iter());
+        let invalid = || {
+            SubmitError::Invalid(keyreg_registry::tx::TxError::BadSignature {
+                which: keyreg_registry::tx::SignatureRef::Signer(0),
+            })
+        };
+        assert_eq!(
+            verdict(vec![Ok(id), Err(SubmitError::AlreadyKnown)]),
+            RelayVerdict::Relay
+        );
+        assert_eq!(
+            verdict(vec![Ok(id), Err(SubmitError::Busy)]),
+            RelayVerdict::Relay
+        );
+        assert_eq!(
+            verdict(vec![Err(SubmitError::AlreadyKnown)]),
+            RelayVerdict::Ignore
+        );
+        assert_eq!(verdict(vec![]), RelayVerdict::Ignore);
+        assert_eq!(
+            verdict(vec![Ok(id), Err(SubmitError::Internal("disk".into()))]),
+            RelayVerdict::Ignore
+        );
+        assert_eq!(
+            verdict(vec![Ok(id), Err(SubmitError::TooLarge(1 << 20))]),
+            RelayVerdict::Ignore
+        );
+        assert_eq!(verdict(vec![Ok(id), Err(invalid())]), RelayVerdict::Reject);
+        assert_eq!(
+            verdict(vec![
+                Err(SubmitError::Malformed("trailing bytes".into())),
+                Ok(id)
+            ]),
+            RelayVerdict::Reject
+        );
     }
 }

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::network::RelayVerdict;
+
 /// Why the API turned a request away without serving it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -35,6 +37,15 @@ impl Rejection {
     }
 }
 
+fn verdict_label(verdict: RelayVerdict) -> [(&'static str, &'static str); 1] {
+    let verdict = match verdict {
+        RelayVerdict::Relay => "relay",
+        RelayVerdict::Ignore => "ignore",
+        RelayVerdict::Reject => "reject",
+    };
+    [("verdict", verdict)]
+}
+
 /// The node's metrics. Cloning shares the underlying values.
 #[derive(Clone)]
 pub struct Metrics {
@@ -60,6 +71,8 @@ pub struct Metrics {
     pub sync_lag: Gauge,
     /// API requests turned away, by reason.
     api_rejected: Family<[(&'static str, &'static str); 1], Counter>,
+    /// Transaction batches received from peers, by relay verdict.
+    gossip_batches: Family<[(&'static str, &'static str); 1], Counter>,
     /// Executing a block against its parent (proposing or validating it).
     pub block_execute_seconds: Histogram,
     /// Committing a block: its certificate check and its one atomic synced write.
@@ -91,6 +104,7 @@ impl Metrics {
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
         let api_rejected = Family::default();
+        let gossip_batches = Family::default();
         let block_execute_seconds = seconds_histogram();
         let block_commit_seconds = seconds_histogram();
         let safety_persist_seconds = seconds_histogram();
@@ -134,6 +148,11 @@ impl Metrics {
             api_rejected.clone(),
         );
         registry.register(
+            "gossip_batches",
+            "Transaction batches received from peers, by verdict: relay (checked, new), ignore (nothing new or not checkable here), reject (invalid: the sender misbehaves)",
+            gossip_batches.clone(),
+        );
+        registry.register(
             "block_execute_seconds",
             "Executing a block against its parent state (propose or validate)",
             block_execute_seconds.clone(),
@@ -169,6 +188,7 @@ impl Metrics {
             peers,
             sync_lag,
             api_rejected,
+            gossip_batches,
             block_execute_seconds,
             block_commit_seconds,
             safety_persist_seconds,
@@ -184,6 +204,20 @@ impl Metrics {
 
     pub fn count_rejection(&self, reason: Rejection) {
         self.api_rejected.get_or_create(&reason.label()).inc();
+    }
+
+    /// A transaction batch from a peer got `verdict`.
+    pub fn gossip_batch(&self, verdict: RelayVerdict) {
+        self.gossip_batches
+            .get_or_create(&verdict_label(verdict))
+            .inc();
+    }
+
+    /// Transaction batches from peers that got `verdict` so far.
+    pub fn gossip_batches(&self, verdict: RelayVerdict) -> u64 {
+        self.gossip_batches
+            .get_or_create(&verdict_label(verdict))
+            .get()
     }
 
     /// Requests turned away for `reason` so far.
@@ -218,6 +252,7 @@ mod tests {
         m.count_rejection(Rejection::Overloaded);
         m.block_commit_seconds.observe(0.003);
         m.count_round_timeout("precommit");
+        m.gossip_batch(RelayVerdict::Reject);
         let text = m.render();
         for name in [
             "keyreg_height 42",
@@ -233,6 +268,7 @@ mod tests {
             "keyreg_height_seconds_count 0",
             "keyreg_admission_round_transactions_count 0",
             "keyreg_round_timeouts_total{step=\"precommit\"} 1",
+            "keyreg_gossip_batches_total{verdict=\"reject\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

@@ -158,12 +158,19 @@ pub struct NetworkConfig {
 /// Events from the network to the node. Payloads are size-checked, not decoded.
 #[derive(Debug)]
 pub enum NetworkEvent {
-    Gossip {
-        topic: Topic,
+    /// A consensus message, already relayed: votes and proposals must not
+    /// wait on this node to reach the others, and the engine checks them.
+    Consensus {
         /// The peer that forwarded it (gossip is anonymous: see
         /// [`build_behaviour`]).
         from: PeerId,
         data: Vec<u8>,
+    },
+    /// A transaction batch, relayed to the other peers only once the node
+    /// reports a verdict on it ([`NetworkHandle::relay`]).
+    Transactions {
+        data: Vec<u8>,
+        relay: PendingRelay,
     },
     InboundRequest {
         peer: PeerId,
@@ -172,6 +179,43 @@ pub enum NetworkEvent {
     },
     PeerConnected(PeerId),
     PeerDisconnected(PeerId),
+}
+
+/// A received transaction batch waiting for the node's verdict, which
+/// decides whether gossipsub relays it. One never reported is dropped from
+/// gossipsub's cache unrelayed after its history window.
+#[derive(Debug)]
+pub struct PendingRelay(Box<(MessageId, PeerId)>);
+
+impl PendingRelay {
+    /// The peer that sent the batch.
+    pub fn from(&self) -> PeerId {
+        self.0 .1
+    }
+}
+
+/// What the node found in a received transaction batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayVerdict {
+    /// Checked, and it brought new transactions: relay it to the peers that
+    /// have neither sent it nor said they do not want it.
+    Relay,
+    /// Nothing to relay, and not the sender's fault: every transaction was
+    /// already known, or this node could not check or keep them.
+    Ignore,
+    /// Provably invalid (undecodable, non-canonical, a bad signature): a
+    /// correct node never sends it.
+    Reject,
+}
+
+impl RelayVerdict {
+    fn acceptance(self) -> gossipsub::MessageAcceptance {
+        match self {
+            RelayVerdict::Relay => gossipsub::MessageAcceptance::Accept,
+            RelayVerdict::Ignore => gossipsub::MessageAcceptance::Ignore,
+            RelayVerdict::Reject => gossipsub::MessageAcceptance::Reject,
+        }
+    }
 }
 
 /// A point-in-time view of the swarm.
@@ -208,6 +252,10 @@ enum Command {
     },
     SetAllowed {
         keys: Vec<PublicKey>,
+    },
+    Relay {
+        pending: PendingRelay,
+        verdict: RelayVerdict,
     },
     Dial {
         addr: Multiaddr,
@@ -296,6 +344,20 @@ impl NetworkHandle {
             .send(Command::SetAllowed { keys })
             .await
             .map_err(|_| NetworkError::Stopped)
+    }
+
+    /// Reports the verdict on a received transaction batch. Callable from
+    /// any thread, never blocks: when the command queue is full the verdict
+    /// is lost, and the batch is then not relayed (the node that published
+    /// it sends it to every peer it is connected to anyway).
+    pub fn relay(&self, pending: PendingRelay, verdict: RelayVerdict) {
+        if self
+            .commands
+            .try_send(Command::Relay { pending, verdict })
+            .is_err()
+        {
+            tracing::debug!("relay verdict dropped: network busy or stopped");
+        }
     }
 
     /// Dials `addr` once (it must end in `/p2p/<peer id>` of an allowed peer).
@@ -431,6 +493,13 @@ fn build_behaviour(
         .duplicate_cache_time(config.duplicate_window)
         .validation_mode(gossipsub::ValidationMode::Anonymous)
         .message_id_fn(content_message_id)
+        // Nothing is relayed before the node has looked at it: transaction
+        // batches after their signatures verify, consensus messages at once
+        // (`SwarmTask::on_gossip`). Meanwhile the receivers' IDONTWANTs
+        // (sent on receipt) reach each other, so a batch crosses each link
+        // about once instead of once from its origin plus once from every
+        // other receiver.
+        .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| NetworkError::Transport(format!("gossipsub config: {e}")))?;
@@ -701,17 +770,30 @@ impl SwarmTask {
         }
     }
 
-    fn emit(&self, event: NetworkEvent) {
+    fn emit(&mut self, event: NetworkEvent) {
         if let Err(mpsc::error::TrySendError::Full(event)) = self.events.try_send(event) {
             // Lossy by design: the consumer is behind; consensus recovers
             // lost messages through rebroadcasts and block sync.
             let kind = match event {
-                NetworkEvent::Gossip { .. } => "gossip",
+                NetworkEvent::Consensus { .. } => "consensus gossip",
+                NetworkEvent::Transactions { relay, .. } => {
+                    self.report(relay, RelayVerdict::Ignore);
+                    "transaction gossip"
+                }
                 NetworkEvent::InboundRequest { .. } => "sync request",
                 NetworkEvent::PeerConnected(_) | NetworkEvent::PeerDisconnected(_) => "peer",
             };
             tracing::warn!(kind, "network event queue full; event dropped");
         }
+    }
+
+    fn report(&mut self, pending: PendingRelay, verdict: RelayVerdict) {
+        // False when the batch already left gossipsub's cache; nothing to do.
+        let (id, from) = &*pending.0;
+        self.swarm
+            .behaviour_mut()
+            .gossip
+            .report_message_validation_result(id, from, verdict.acceptance());
     }
 
     fn handle_command(&mut self, command: Command) -> ControlFlow<()> {
@@ -749,6 +831,7 @@ impl SwarmTask {
                 None => tracing::debug!(%id, "response to an unknown or expired request"),
             },
             Command::SetAllowed { keys } => self.set_allowed(&keys),
+            Command::Relay { pending, verdict } => self.report(pending, verdict),
             Command::Dial { addr, reply } => {
                 let result = self
                     .swarm
@@ -847,24 +930,35 @@ impl SwarmTask {
     fn on_gossip(&mut self, event: gossipsub::Event) {
         let gossipsub::Event::Message {
             propagation_source: from,
+            message_id: id,
             message,
-            ..
         } = event
         else {
             return;
         };
+        let pending = PendingRelay(Box::new((id, from)));
         let Some(&topic) = self.topics.get(&message.topic) else {
+            self.report(pending, RelayVerdict::Ignore);
             return;
         };
         if message.data.len() > MAX_GOSSIP_PAYLOAD {
             tracing::debug!(%from, len = message.data.len(), "oversize gossip dropped");
+            self.report(pending, RelayVerdict::Reject);
             return;
         }
-        self.emit(NetworkEvent::Gossip {
-            topic,
-            from,
-            data: message.data,
-        });
+        match topic {
+            Topic::Consensus => {
+                self.report(pending, RelayVerdict::Relay);
+                self.emit(NetworkEvent::Consensus {
+                    from,
+                    data: message.data,
+                });
+            }
+            Topic::Transactions => self.emit(NetworkEvent::Transactions {
+                data: message.data,
+                relay: pending,
+            }),
+        }
     }
 
     fn on_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {

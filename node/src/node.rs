@@ -30,7 +30,7 @@ use crate::epochs;
 use crate::keys::{read_key_file, KeyFileError};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits, PoolTx};
 use crate::metrics::Metrics;
-use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, Topic};
+use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, RelayVerdict};
 use crate::{api, sync};
 
 pub type Store = RocksLedgerStore;
@@ -594,23 +594,20 @@ async fn route_network_events(
             return;
         };
         match event {
-            NetworkEvent::Gossip {
-                topic: Topic::Consensus,
-                data,
-                ..
-            } => {
+            NetworkEvent::Consensus { data, .. } => {
                 if driver.send(DriverInput::Consensus(data)).await.is_err() {
                     return;
                 }
             }
-            NetworkEvent::Gossip {
-                topic: Topic::Transactions,
-                data,
-                from,
-            } => {
+            NetworkEvent::Transactions { data, relay } => {
                 // Full: the origin still proposes them in its own turn.
-                if shared.arrivals.try_queue(Arrival::Gossiped(data)).is_err() {
-                    tracing::debug!(%from, "transaction batch dropped: admission busy");
+                if let Err(Arrival::Gossiped { relay, .. }) = shared
+                    .arrivals
+                    .try_queue(Arrival::Gossiped { batch: data, relay })
+                {
+                    tracing::debug!(from = %relay.from(), "transaction batch dropped: admission busy");
+                    shared.metrics.gossip_batch(RelayVerdict::Ignore);
+                    shared.network.relay(relay, RelayVerdict::Ignore);
                 }
             }
             NetworkEvent::InboundRequest { id, data, .. } => {

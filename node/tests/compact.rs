@@ -8,6 +8,9 @@
 //!   the other validators, verified, executed and committed on every node.
 //! * A peer serving a certified header with other transactions (one
 //!   validator, one observer catching up from the liar) gets them refused.
+//! * A peer gossiping a batch with a forged signature gets the batch
+//!   refused for relay (its valid transactions are still admitted); its
+//!   valid batch is admitted and relayed, but not back to it.
 //!
 //! Waits are bounded polls with deadlines, never fixed sleeps.
 
@@ -24,10 +27,10 @@ use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::driver::DUPLICATE_WINDOW;
 use keyreg_node::keys::read_key_file;
-use keyreg_node::network::{self, Network, NetworkConfig, NetworkEvent};
+use keyreg_node::network::{self, Network, NetworkConfig, NetworkEvent, RelayVerdict, Topic};
 use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
-use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
+use keyreg_registry::wire::{encode_tx_batch, SyncQuery, SyncReply, SyncRequest, SyncResponse};
 use keyreg_registry::{CommittedBlock, DeviceName, DeviceRegistration, Transaction, TxBody};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -336,4 +339,83 @@ async fn a_certified_header_served_with_other_transactions_is_refused() {
     assert_eq!(stored, Some(honest));
     observer.stop().await.unwrap();
     validator.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 1, 19, 0);
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
+    let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
+    let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
+
+    // The liar holds the validator's key and address (the validator never
+    // starts), so the observer's only peer is the liar.
+    let mut liar = network::start(
+        &validator_key,
+        NetworkConfig {
+            chain_id: CHAIN.into(),
+            listen: vec![layout[0].p2p_address.parse().unwrap()],
+            persistent_peers: Vec::new(),
+            allowed_keys: vec![validator_key.public(), observer_key.public()],
+            duplicate_window: DUPLICATE_WINDOW,
+        },
+    )
+    .await
+    .unwrap();
+    let observer = node::start(observer_home, fast_config(observer_home))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while liar.handle.status().await.unwrap().topic_peers.get("tx") != Some(&1) {
+        assert!(Instant::now() < deadline, "the observer never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (beside_forged, honest) = (
+        registration(&admin, "demo/gossip-beside-forged"),
+        registration(&admin, "demo/gossip-honest"),
+    );
+    let mut forged = registration(&admin, "demo/gossip-forged");
+    forged.signatures[0].signature.0[5] ^= 1;
+    let batches = [
+        vec![beside_forged.to_bytes(), forged.to_bytes()],
+        vec![honest.to_bytes()],
+    ];
+    let metrics = &observer.shared.metrics;
+    for (batch, verdict) in batches
+        .iter()
+        .zip([RelayVerdict::Reject, RelayVerdict::Relay])
+    {
+        liar.handle
+            .publish(Topic::Transactions, encode_tx_batch(batch))
+            .await
+            .unwrap();
+        while metrics.gossip_batches(verdict) != 1 {
+            assert!(Instant::now() < deadline, "no {verdict:?} verdict");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(metrics.gossip_batches(RelayVerdict::Ignore), 0);
+    // A valid transaction is admitted even beside a forged one (it stands
+    // on its own signatures); the forged one never is.
+    assert!(observer.shared.is_pending(&beside_forged.hash()));
+    assert!(observer.shared.is_pending(&honest.hash()));
+    assert!(!observer.shared.is_pending(&forged.hash()));
+    // The observer relays the valid batch, but not back to the liar that
+    // sent it: the liar gets no gossip at all.
+    while let Ok(event) = liar.events.try_recv() {
+        assert!(
+            !matches!(
+                event,
+                NetworkEvent::Transactions { .. } | NetworkEvent::Consensus { .. }
+            ),
+            "the liar got {event:?}"
+        );
+    }
+
+    observer.stop().await.unwrap();
+    liar.handle.shutdown().await;
+    liar.task.await.unwrap();
 }

@@ -171,6 +171,27 @@ async fn batches_get_one_verdict_each_and_compact_proposals_fetch_what_is_missin
 /// (heights 1.. in order), with `forged` served in place of the block at
 /// its height, until `stop` fires; counts in `served` how often the forged
 /// block went out.
+/// A swarm holding the validator's key on the validator's address, which
+/// lets only the validator and the observer connect.
+async fn start_liar(
+    validator_key: &SigningKey,
+    observer_key: &SigningKey,
+    address: &str,
+) -> Network {
+    network::start(
+        validator_key,
+        NetworkConfig {
+            chain_id: CHAIN.into(),
+            listen: vec![address.parse().unwrap()],
+            persistent_peers: Vec::new(),
+            allowed_keys: vec![validator_key.public(), observer_key.public()],
+            duplicate_window: DUPLICATE_WINDOW,
+        },
+    )
+    .await
+    .unwrap()
+}
+
 async fn serve_forged_chain(
     mut liar: Network,
     blocks: Vec<CommittedBlock>,
@@ -281,18 +302,7 @@ async fn a_certified_header_served_with_other_transactions_is_refused() {
     validator.stop().await.unwrap();
 
     // The liar holds the validator's key and address.
-    let liar = network::start(
-        &validator_key,
-        NetworkConfig {
-            chain_id: CHAIN.into(),
-            listen: vec![layout[0].p2p_address.parse().unwrap()],
-            persistent_peers: Vec::new(),
-            allowed_keys: vec![validator_key.public(), observer_key.public()],
-            duplicate_window: DUPLICATE_WINDOW,
-        },
-    )
-    .await
-    .unwrap();
+    let liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
     let (stop_liar, stop) = tokio::sync::oneshot::channel();
     let served = Arc::new(AtomicUsize::new(0));
     let liar = tokio::spawn(serve_forged_chain(
@@ -352,18 +362,7 @@ async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
 
     // The liar holds the validator's key and address (the validator never
     // starts), so the observer's only peer is the liar.
-    let mut liar = network::start(
-        &validator_key,
-        NetworkConfig {
-            chain_id: CHAIN.into(),
-            listen: vec![layout[0].p2p_address.parse().unwrap()],
-            persistent_peers: Vec::new(),
-            allowed_keys: vec![validator_key.public(), observer_key.public()],
-            duplicate_window: DUPLICATE_WINDOW,
-        },
-    )
-    .await
-    .unwrap();
+    let mut liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
     let observer = node::start(observer_home, fast_config(observer_home))
         .await
         .unwrap();

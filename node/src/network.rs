@@ -49,8 +49,12 @@ pub const MAX_GOSSIP_FRAME: usize = 1 << 20;
 pub const MAX_GOSSIP_PAYLOAD: usize = MAX_GOSSIP_FRAME - 4096;
 /// Largest sync request: a query, at most a block's worth of transaction
 /// hashes.
-pub const MAX_REQUEST_BYTES: usize = 512 * 1024;
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 const _: () = assert!(keyreg_registry::block::MAX_BLOCK_TXS * 32 + 1024 <= MAX_REQUEST_BYTES);
+// A compact proposal (header and every transaction hash) fits a gossip
+// payload, and one block with its certificate fits a sync response.
+const _: () = assert!(keyreg_registry::block::MAX_BLOCK_TXS * 32 + 4096 <= MAX_GOSSIP_PAYLOAD);
+const _: () = assert!(keyreg_registry::block::MAX_BLOCK_BYTES + (64 << 10) <= MAX_RESPONSE_BYTES);
 /// Largest sync response (a batch of committed blocks).
 pub const MAX_RESPONSE_BYTES: usize = 8 << 20;
 

@@ -209,7 +209,7 @@ fn block_checks_against_parent() {
 fn oversized_blocks_are_rejected_and_proposals_fit() {
     let env = env();
     let admin = env.admin("acme");
-    // ~156 KiB lots; four do not fit one block.
+    // ~156 KiB lots, two more than fit one block.
     let lot = |tag: &str| {
         let devices = (0..1000)
             .map(|i| {
@@ -229,7 +229,10 @@ fn oversized_blocks_are_rejected_and_proposals_fit() {
         )
         .signed_by(&[&admin])
     };
-    let txs = vec![lot("a"), lot("b"), lot("c"), lot("d")];
+    let lot_bytes = lot("probe").to_bytes().len();
+    let txs: Vec<Transaction> = (0..MAX_BLOCK_BYTES / lot_bytes + 2)
+        .map(|i| lot(&format!("l{i}")))
+        .collect();
     assert!(txs.iter().all(|t| t.check_stateless(CHAIN).is_ok()));
     let proposer = env.ledger.validator_set().get(0).unwrap().key;
     let (block, _) = env

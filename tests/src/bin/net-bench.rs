@@ -649,9 +649,9 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     );
     let node_cpu = cpu_after.0 - cpu_before.0;
     let bench_cpu = cpu_after.1 - cpu_before.1;
+    let per_node_cpu_second = committed_count as f64 / node_cpu.max(1e-9);
     println!(
-        "  CPU while submitting and committing: nodes {node_cpu:.2} s ({:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
-        committed_count as f64 / node_cpu.max(1e-9),
+        "  CPU while submitting and committing: nodes {node_cpu:.2} s ({per_node_cpu_second:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
         span.as_secs_f64()
     );
     // The machine's speed drifts (shared VMs): the bound is measured again
@@ -677,9 +677,8 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     // it all went to the one batch verification per validator.
     let bound_per_core_second = higher / cores as f64;
     println!(
-        "  per CPU-second: {:.0} tx per node-CPU-second against {bound_per_core_second:.0} per core-second = {:.3}x (the nodes held {:.2} of the {cores} cores)",
-        committed_count as f64 / node_cpu.max(1e-9),
-        committed_count as f64 / node_cpu.max(1e-9) / bound_per_core_second.max(1e-9),
+        "  per CPU-second: {per_node_cpu_second:.0} tx per node-CPU-second against {bound_per_core_second:.0} per core-second = {:.3}x (the nodes held {:.2} of the {cores} cores)",
+        per_node_cpu_second / bound_per_core_second.max(1e-9),
         node_cpu / span.as_secs_f64().max(1e-9)
     );
     let batching_after = metrics_texts(nodes);

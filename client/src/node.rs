@@ -11,20 +11,21 @@ use keyreg_consensus::codec::{Canonical, CodecError};
 use keyreg_consensus::crypto::Hash;
 use keyreg_consensus::validators::ValidatorSet;
 use keyreg_registry::block::CommittedBlock;
+use keyreg_registry::export::MAX_EXPORT_RECORD_BYTES;
 use keyreg_registry::lookup::DeviceProof;
 use keyreg_registry::names::DeviceName;
 use keyreg_registry::tx::Transaction;
+use keyreg_registry::wire::max_block_page_bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-/// Limit on responses that carry one proof, status or epoch.
+/// Limit on responses that carry one proof, status, epoch or block (a
+/// committed block in hex is at most twice `MAX_EXPORT_RECORD_BYTES`).
 const MAX_SMALL_RESPONSE: u64 = 4 * 1024 * 1024;
-/// Limit on a response carrying blocks (a page holds up to 100; each block
-/// is at most 512 KiB, twice that in hex).
-const MAX_BLOCKS_RESPONSE: u64 = 110 * 1024 * 1024;
+const _: () = assert!(2 * MAX_EXPORT_RECORD_BYTES as u64 + 4096 <= MAX_SMALL_RESPONSE);
 /// Most blocks one page may hold (the API's cap).
-pub const MAX_BLOCKS_PER_PAGE: u32 = 100;
+pub use keyreg_registry::wire::MAX_BLOCKS_PER_PAGE;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NodeError {
@@ -224,7 +225,7 @@ impl NodeClient {
         let limit = limit.clamp(1, MAX_BLOCKS_PER_PAGE);
         let body = self.get(
             &format!("/v1/blocks?from={from}&limit={limit}"),
-            MAX_BLOCKS_RESPONSE,
+            max_block_page_bytes(limit as usize),
         )?;
         parse_block_page(&body, limit)
     }

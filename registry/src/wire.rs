@@ -15,6 +15,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::block::{tx_root, Header, MAX_BLOCK_TXS};
+use crate::export::MAX_EXPORT_RECORD_BYTES;
 use crate::tx::{Transaction, MAX_TX_BYTES};
 use crate::{Block, CommittedBlock};
 
@@ -209,6 +210,23 @@ pub struct PageQuery {
     pub limit: Option<u32>,
 }
 
+/// Most blocks one `GET /v1/blocks` page holds.
+pub const MAX_BLOCKS_PER_PAGE: u32 = 100;
+/// A `GET /v1/blocks` page takes no further block once its hex reaches
+/// this, so it holds at most this plus one block's hex, whatever the block
+/// sizes (`next` says where to continue).
+pub const MAX_PAGE_HEX_BYTES: usize = 16 << 20;
+
+/// The largest `GET /v1/blocks` response body a page of up to `limit`
+/// blocks can be (hex of committed blocks, JSON punctuation): what a
+/// client reads at most before it gives up on a node.
+pub fn max_block_page_bytes(limit: usize) -> u64 {
+    let record_hex = 2 * MAX_EXPORT_RECORD_BYTES;
+    let blocks = limit.clamp(1, MAX_BLOCKS_PER_PAGE as usize);
+    let hex = (blocks * record_hex).min(MAX_PAGE_HEX_BYTES + record_hex);
+    (hex + blocks * 16 + 1024) as u64
+}
+
 /// Most transactions in one gossiped batch.
 pub const MAX_TXS_PER_BATCH: usize = 512;
 /// Most payload bytes of one batch the batcher builds: room for a
@@ -279,6 +297,24 @@ fn read_u32(bytes: &[u8]) -> Result<(u32, &[u8]), TxBatchError> {
 #[cfg(test)]
 mod tx_batch_tests {
     use super::*;
+
+    #[test]
+    fn a_block_page_bound_holds_the_largest_page_a_node_builds() {
+        let record_hex = 2 * MAX_EXPORT_RECORD_BYTES;
+        // One block: its hex and the JSON around it, no more.
+        assert_eq!(max_block_page_bytes(1), (record_hex + 16 + 1024) as u64);
+        assert_eq!(max_block_page_bytes(0), max_block_page_bytes(1));
+        // A full page stops once its hex reaches the page budget, so the
+        // worst case is the budget just missed, then one largest block.
+        let worst_hex = MAX_PAGE_HEX_BYTES - 1 + record_hex;
+        let worst_blocks = MAX_PAGE_HEX_BYTES.div_ceil(record_hex) + 1;
+        assert!(worst_blocks <= MAX_BLOCKS_PER_PAGE as usize);
+        let bound = max_block_page_bytes(MAX_BLOCKS_PER_PAGE as usize);
+        assert!((worst_hex + worst_blocks * 16) as u64 <= bound);
+        // Far below the page count times the largest block.
+        assert!(bound < (MAX_BLOCKS_PER_PAGE as usize * record_hex / 4) as u64);
+        assert_eq!(max_block_page_bytes(usize::MAX), bound);
+    }
 
     #[test]
     fn batches_round_trip() {

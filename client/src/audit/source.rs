@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
-use keyreg_registry::export::{ExportError, ExportReader, MAX_EXPORT_RECORD_BYTES};
+use keyreg_registry::export::{ExportError, ExportReader};
+use keyreg_registry::wire::max_block_page_bytes;
 use keyreg_registry::{CommittedBlock, Genesis, GenesisError};
 use serde::Deserialize;
 use thiserror::Error;
@@ -101,11 +102,6 @@ struct BlocksResponse {
 /// A status response is small.
 const MAX_STATUS_BYTES: u64 = 64 * 1024;
 
-/// A page of `blocks` largest blocks, hex-encoded, plus JSON punctuation.
-fn max_page_bytes(blocks: usize) -> u64 {
-    (blocks * (2 * MAX_EXPORT_RECORD_BYTES + 16) + 1024) as u64
-}
-
 impl HttpSource {
     /// `base_url` like `http://10.0.0.1:8080` (no trailing `/v1`); `timeout`
     /// bounds connecting and each read.
@@ -165,7 +161,7 @@ impl BlockSource for HttpSource {
         let remaining = usize::try_from(head - from + 1).unwrap_or(usize::MAX);
         let limit = max.min(MAX_PAGE_BLOCKS).min(remaining).max(1);
         let path = format!("/v1/blocks?from={from}&limit={limit}");
-        let page: BlocksResponse = self.get_json(&path, max_page_bytes(limit))?;
+        let page: BlocksResponse = self.get_json(&path, max_block_page_bytes(limit))?;
         if page.blocks.len() > limit {
             return Err(SourceError::TooMany {
                 asked: limit,

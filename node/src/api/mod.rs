@@ -19,7 +19,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::Hash;
-use keyreg_registry::wire::{PageQuery, SubmitBatchBody, SubmitBody};
+pub use keyreg_registry::wire::MAX_BLOCKS_PER_PAGE;
+use keyreg_registry::wire::{PageQuery, SubmitBatchBody, SubmitBody, MAX_PAGE_HEX_BYTES};
 use keyreg_registry::{DeviceName, LedgerError, TxError};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -33,11 +34,6 @@ use crate::node::{Shared, SubmitError};
 
 /// Largest request body accepted (the contract's 1 MiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
-/// Most blocks in one `GET /v1/blocks` page.
-pub const MAX_BLOCKS_PER_PAGE: u32 = 100;
-/// A page stops early once its hex exceeds this, so responses stay bounded
-/// whatever the block sizes; `next` says where to continue.
-const MAX_PAGE_HEX_BYTES: usize = 16 << 20;
 
 type ApiResult = Result<(StatusCode, Json<Value>), ApiError>;
 

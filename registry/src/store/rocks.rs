@@ -8,13 +8,14 @@
 //! | `headers` | height                           | [`Header`] bytes            |
 //! | `certs`   | height (>= 1)                    | [`CommitCertificate`] bytes |
 //! | `nodes`   | `NodeKey::to_bytes()`            | `Node::to_bytes()`          |
-//! | `stale`   | `StaleNode::to_bytes()`          | empty                       |
+//! | `stale`   | version (stale since)            | `NodeKey::list_to_bytes`    |
 //! | `txs`     | tx hash                          | [`TxLocation`] bytes        |
 //! | `values`  | state key (32 bytes)             | the value at the head       |
 //! | `meta`    | `keyreg/…` (ours), `node/…` (the node's) | bytes               |
 //!
 //! Every write is one `WriteBatch` written with `sync = true`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use keyreg_consensus::certificate::CommitCertificate;
@@ -29,7 +30,7 @@ use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
 use crate::state::StateChanges;
-use crate::tree::{Node, NodeKey, NodeReader, StaleNode, TreeBatch, TreeError};
+use crate::tree::{Node, NodeCodecError, NodeKey, NodeReader, StaleNode, TreeBatch, TreeError};
 
 const CF_BLOCKS: &str = "blocks";
 const CF_HEADERS: &str = "headers";
@@ -49,7 +50,7 @@ const META_OLDEST_TREE: &[u8] = b"keyreg/oldest-tree-version";
 /// The height the head value index (`values`) matches.
 const META_VALUES_HEIGHT: &[u8] = b"keyreg/head-values-height";
 const NODE_META_PREFIX: &[u8] = b"node/";
-/// Stale entries deleted per write batch while pruning (bounds memory).
+/// Stale nodes deleted per write batch while pruning, about (bounds memory).
 const PRUNE_CHUNK: usize = 10_000;
 /// Block cache shared by every column family (data, index and filter
 /// blocks): bounds the store's read memory whatever the registry's size.
@@ -117,14 +118,17 @@ fn record_bytes(key_len: usize, value_len: usize) -> usize {
 /// bytes each, with a margin.
 const SMALL_RECORDS: usize = 8;
 
-/// A tree update encoded for the `nodes` and `stale` column families, each
-/// in ascending key order. A block's node and stale keys all start with its
-/// version, the highest stored, so in that order they are appends at the end
-/// of the memtable's skip list, where RocksDB's sequential-insert hint finds
-/// each position in a step or two instead of a search from the top.
+/// A tree update encoded for the `nodes` and `stale` column families. New
+/// nodes go in ascending key order: a block's node keys all start with its
+/// version, the highest stored, so in that order they are appends at the
+/// end of the memtable's skip list, where RocksDB's sequential-insert hint
+/// finds each position in a step or two instead of a search from the top.
+/// The nodes a version made stale are one `stale` entry under that version
+/// (one insert per block instead of one per node, about a third of a
+/// block's records).
 struct EncodedTree {
     nodes: Vec<(Vec<u8>, Vec<u8>)>,
-    stale: Vec<Vec<u8>>,
+    stale: Vec<([u8; 8], Vec<u8>)>,
 }
 
 impl EncodedTree {
@@ -135,8 +139,19 @@ impl EncodedTree {
             .map(|(key, node)| (key.to_bytes(), node.to_bytes()))
             .collect();
         nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut stale: Vec<Vec<u8>> = tree.stale_nodes.iter().map(StaleNode::to_bytes).collect();
-        stale.sort_unstable();
+        // A tree update's stale nodes are all stale since its own version;
+        // grouping keeps the encoding right for any batch.
+        let mut by_version: BTreeMap<u64, Vec<&NodeKey>> = BTreeMap::new();
+        for stale in &tree.stale_nodes {
+            by_version
+                .entry(stale.stale_since_version)
+                .or_default()
+                .push(&stale.node_key);
+        }
+        let stale = by_version
+            .into_iter()
+            .map(|(version, keys)| (height_key(version), NodeKey::list_to_bytes(keys)))
+            .collect();
         EncodedTree { nodes, stale }
     }
 
@@ -150,9 +165,26 @@ impl EncodedTree {
         let stale: usize = self
             .stale
             .iter()
-            .map(|key| record_bytes(key.len(), 0))
+            .map(|(key, list)| record_bytes(key.len(), list.len()))
             .sum();
         nodes + stale
+    }
+}
+
+/// Decodes a `stale` entry: the version its nodes are stale since, and
+/// their keys. Stores written before the per-version index hold one entry
+/// per node instead ([`StaleNode::to_bytes`], empty value); both are read.
+fn decode_stale_entry(key: &[u8], value: &[u8]) -> Result<(u64, Vec<NodeKey>), StoreError> {
+    let corrupt = |e: NodeCodecError| StoreError::Backend(format!("stale index entry: {e}"));
+    match <[u8; 8]>::try_from(key) {
+        Ok(version) => Ok((
+            u64::from_be_bytes(version),
+            NodeKey::list_from_bytes(value).map_err(corrupt)?,
+        )),
+        Err(_) => {
+            let entry = StaleNode::from_bytes(key).map_err(corrupt)?;
+            Ok((entry.stale_since_version, vec![entry.node_key]))
+        }
     }
 }
 
@@ -225,8 +257,8 @@ impl RocksLedgerStore {
             batch.put_cf(nodes, key, node);
         }
         let stale = self.cf(CF_STALE)?;
-        for key in tree.stale {
-            batch.put_cf(stale, key, b"");
+        for (version, list) in tree.stale {
+            batch.put_cf(stale, version, list);
         }
         Ok(())
     }
@@ -429,26 +461,32 @@ impl LedgerStore for RocksLedgerStore {
     }
 
     fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {
+        let (nodes, stale) = (self.cf(CF_NODES)?, self.cf(CF_STALE)?);
         let mut deleted = 0u64;
         loop {
             // Oldest first: the stale index is keyed by stale-since version.
-            let mut chunk = Vec::new();
-            for item in self.db.iterator_cf(self.cf(CF_STALE)?, IteratorMode::Start) {
-                let (key, _) = item.map_err(backend)?;
-                let entry = StaleNode::from_bytes(&key)
-                    .map_err(|e| StoreError::Backend(format!("stale index entry: {e}")))?;
-                if entry.stale_since_version > oldest_kept_version || chunk.len() == PRUNE_CHUNK {
+            // A chunk ends after the version that reaches PRUNE_CHUNK nodes,
+            // so it holds at most one block's stale nodes more than that.
+            let mut batch = WriteBatch::default();
+            let mut chunk = 0usize;
+            let mut done = true;
+            for item in self.db.iterator_cf(stale, IteratorMode::Start) {
+                let (key, value) = item.map_err(backend)?;
+                let (since, keys) = decode_stale_entry(&key, &value)?;
+                if since > oldest_kept_version {
                     break;
                 }
-                chunk.push((key, entry));
+                if chunk >= PRUNE_CHUNK {
+                    done = false;
+                    break;
+                }
+                for node in &keys {
+                    batch.delete_cf(nodes, node.to_bytes());
+                }
+                batch.delete_cf(stale, key);
+                chunk += keys.len();
             }
-            let done = chunk.len() < PRUNE_CHUNK;
-            let mut batch = WriteBatch::default();
-            for (key, entry) in &chunk {
-                batch.delete_cf(self.cf(CF_NODES)?, entry.node_key.to_bytes());
-                batch.delete_cf(self.cf(CF_STALE)?, key);
-            }
-            deleted += chunk.len() as u64;
+            deleted += chunk as u64;
             if done {
                 let oldest = self.oldest_tree_version()?.max(oldest_kept_version);
                 batch.put_cf(self.cf(CF_META)?, META_OLDEST_TREE, height_key(oldest));
@@ -473,5 +511,61 @@ impl LedgerStore for RocksLedgerStore {
             .map(|b| decode_u64("oldest tree version", &b))
             .transpose()?
             .unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::NibblePath;
+
+    #[test]
+    fn a_stale_entry_reads_in_the_per_version_and_the_earlier_per_node_format() {
+        let keys = [
+            NodeKey::root(3),
+            NodeKey {
+                version: 2,
+                path: NibblePath::prefix_of(&Hash([0x5a; 32]), 5),
+            },
+        ];
+        let entry = decode_stale_entry(&height_key(9), &NodeKey::list_to_bytes(&keys)).unwrap();
+        assert_eq!(entry, (9, keys.to_vec()));
+        let legacy = StaleNode {
+            stale_since_version: 9,
+            node_key: keys[1],
+        };
+        let entry = decode_stale_entry(&legacy.to_bytes(), b"").unwrap();
+        assert_eq!(entry, (9, vec![keys[1]]));
+        // A truncated list or key is corruption, not an empty entry.
+        let list = NodeKey::list_to_bytes(&keys);
+        assert!(decode_stale_entry(&height_key(9), &list[..list.len() - 1]).is_err());
+        assert!(decode_stale_entry(&[0; 5], b"").is_err());
+    }
+
+    #[test]
+    fn a_blocks_stale_nodes_are_one_entry_under_its_version() {
+        let stale = |version: u64| StaleNode {
+            stale_since_version: 7,
+            node_key: NodeKey::root(version),
+        };
+        let tree = TreeBatch {
+            version: 7,
+            root: Hash([1; 32]),
+            new_nodes: Vec::new(),
+            stale_nodes: vec![stale(6), stale(4)],
+        };
+        let encoded = EncodedTree::new(&tree);
+        assert_eq!(
+            encoded.stale,
+            vec![(
+                height_key(7),
+                NodeKey::list_to_bytes(&[NodeKey::root(6), NodeKey::root(4)])
+            )]
+        );
+        let none = TreeBatch {
+            stale_nodes: Vec::new(),
+            ..tree
+        };
+        assert!(EncodedTree::new(&none).stale.is_empty());
     }
 }

@@ -1,11 +1,13 @@
 //! Stored tree nodes, their keys and their canonical byte encodings.
 //!
 //! A RocksDB column family (or [`MemNodeStore`](super::MemNodeStore)) maps
-//! [`NodeKey::to_bytes`] to [`Node::to_bytes`]; a second one maps
-//! [`StaleNode::to_bytes`] to nothing. Both key encodings start with a
-//! big-endian version so that byte order is version order: all nodes written
-//! at one version are contiguous, and pruning walks the stale index from its
-//! first key up to a version bound.
+//! [`NodeKey::to_bytes`] to [`Node::to_bytes`]; a second one, the stale
+//! index, maps a version to the keys of the nodes it made stale
+//! ([`NodeKey::list_to_bytes`]). Both keys start with a big-endian version
+//! so that byte order is version order: all nodes written at one version are
+//! contiguous, and pruning walks the stale index from its first key up to a
+//! version bound. ([`StaleNode::to_bytes`], one stale entry per node, is the
+//! index's earlier format, still read.)
 
 use std::fmt;
 
@@ -183,6 +185,21 @@ impl NodeKey {
 
     /// Parses exactly the bytes [`to_bytes`](Self::to_bytes) produces.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, NodeCodecError> {
+        let (key, rest) = Self::split_from(bytes)?;
+        if !rest.is_empty() {
+            return Err(NodeCodecError::Length {
+                what: "node key",
+                expected: bytes.len() - rest.len(),
+                found: bytes.len(),
+            });
+        }
+        Ok(key)
+    }
+
+    /// Parses the key that `bytes` starts with; returns it and the bytes
+    /// after it (keys are self-delimiting: the nibble count gives the
+    /// length).
+    fn split_from(bytes: &[u8]) -> Result<(Self, &[u8]), NodeCodecError> {
         let (version_bytes, rest) =
             bytes
                 .split_first_chunk::<8>()
@@ -191,7 +208,7 @@ impl NodeKey {
                     expected: 9,
                     found: bytes.len(),
                 })?;
-        let (&len, packed) = rest.split_first().ok_or(NodeCodecError::Length {
+        let (&len, rest) = rest.split_first().ok_or(NodeCodecError::Length {
             what: "node key",
             expected: 9,
             found: bytes.len(),
@@ -200,13 +217,13 @@ impl NodeKey {
         if len > KEY_NIBBLES {
             return Err(NodeCodecError::PathTooLong(len));
         }
-        if packed.len() != len.div_ceil(2) {
-            return Err(NodeCodecError::Length {
-                what: "node key",
-                expected: 9 + len.div_ceil(2),
-                found: bytes.len(),
-            });
-        }
+        let (packed, rest) =
+            rest.split_at_checked(len.div_ceil(2))
+                .ok_or(NodeCodecError::Length {
+                    what: "node key",
+                    expected: 9 + len.div_ceil(2),
+                    found: bytes.len(),
+                })?;
         // `packed` is at most 32 bytes: len <= KEY_NIBBLES was checked.
         let mut path_bytes = [0u8; 32];
         for (to, from) in path_bytes.iter_mut().zip(packed) {
@@ -215,13 +232,36 @@ impl NodeKey {
         if len % 2 == 1 && path_bytes.get(len / 2).is_some_and(|b| b & 0x0f != 0) {
             return Err(NodeCodecError::PathPadding);
         }
-        Ok(NodeKey {
+        let key = NodeKey {
             version: u64::from_be_bytes(*version_bytes),
             path: NibblePath {
                 len: len as u8,
                 bytes: path_bytes,
             },
-        })
+        };
+        Ok((key, rest))
+    }
+
+    /// The keys' [`to_bytes`](Self::to_bytes) one after another: a stored
+    /// list, such as the nodes one version made stale.
+    pub fn list_to_bytes<'a>(keys: impl IntoIterator<Item = &'a NodeKey>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for key in keys {
+            key.write_bytes(&mut out);
+        }
+        out
+    }
+
+    /// Parses exactly the bytes [`list_to_bytes`](Self::list_to_bytes)
+    /// produces.
+    pub fn list_from_bytes(mut bytes: &[u8]) -> Result<Vec<Self>, NodeCodecError> {
+        let mut keys = Vec::new();
+        while !bytes.is_empty() {
+            let (key, rest) = Self::split_from(bytes)?;
+            keys.push(key);
+            bytes = rest;
+        }
+        Ok(keys)
     }
 }
 

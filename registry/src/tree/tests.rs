@@ -571,6 +571,20 @@ fn node_encodings_round_trip_and_reject_non_canonical_bytes() {
         node_key: odd,
     };
     assert_eq!(StaleNode::from_bytes(&stale.to_bytes()).unwrap(), stale);
+    // A list of keys is the keys' bytes one after another, read back exactly.
+    let keys = [odd, NodeKey::root(7), stale.node_key];
+    let list = NodeKey::list_to_bytes(&keys);
+    assert_eq!(NodeKey::list_from_bytes(&list).unwrap(), keys);
+    assert_eq!(NodeKey::list_from_bytes(&[]).unwrap(), []);
+    let truncated = &list[..list.len() - 1];
+    assert!(matches!(
+        NodeKey::list_from_bytes(truncated),
+        Err(NodeCodecError::Length { .. })
+    ));
+    assert!(matches!(
+        NodeKey::from_bytes(&list),
+        Err(NodeCodecError::Length { .. })
+    ));
 }
 
 #[test]
@@ -650,11 +664,12 @@ fn a_corrupt_store_is_an_error_not_a_panic() {
 }
 
 /// What a RocksDB store does: nodes and the stale index as byte maps
-/// (column families), pruning by iterating the stale keys in byte order.
+/// (column families), one stale entry per version holding its node keys,
+/// pruning by iterating the stale keys in byte order.
 #[derive(Default)]
 struct ByteStore {
     nodes: BTreeMap<Vec<u8>, Vec<u8>>,
-    stale: BTreeMap<Vec<u8>, ()>,
+    stale: BTreeMap<[u8; 8], Vec<u8>>,
 }
 
 impl ByteStore {
@@ -662,18 +677,25 @@ impl ByteStore {
         for (k, node) in &batch.new_nodes {
             self.nodes.insert(k.to_bytes(), node.to_bytes());
         }
-        for stale in &batch.stale_nodes {
-            self.stale.insert(stale.to_bytes(), ());
+        assert!(batch
+            .stale_nodes
+            .iter()
+            .all(|stale| stale.stale_since_version == batch.version));
+        if !batch.stale_nodes.is_empty() {
+            let list =
+                NodeKey::list_to_bytes(batch.stale_nodes.iter().map(|stale| &stale.node_key));
+            self.stale.insert(batch.version.to_be_bytes(), list);
         }
     }
 
     fn prune(&mut self, oldest_kept_version: u64) {
-        while let Some((k, ())) = self.stale.first_key_value() {
-            let stale = StaleNode::from_bytes(k).unwrap();
-            if stale.stale_since_version > oldest_kept_version {
+        while let Some((since, list)) = self.stale.first_key_value() {
+            if u64::from_be_bytes(*since) > oldest_kept_version {
                 break;
             }
-            self.nodes.remove(&stale.node_key.to_bytes());
+            for node_key in NodeKey::list_from_bytes(list).unwrap() {
+                self.nodes.remove(&node_key.to_bytes());
+            }
             self.stale.pop_first();
         }
     }

@@ -10,13 +10,14 @@ use std::time::Duration;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 use keyreg_registry::export::{ExportError, ExportReader};
-use keyreg_registry::wire::max_block_page_bytes;
+use keyreg_registry::wire::{max_block_page_bytes, MAX_BLOCKS_PER_PAGE};
 use keyreg_registry::{CommittedBlock, Genesis, GenesisError};
 use serde::Deserialize;
 use thiserror::Error;
 
-/// Most blocks one `GET /v1/blocks` page returns (API contract).
-pub const MAX_PAGE_BLOCKS: usize = 100;
+/// Most blocks one `GET /v1/blocks` page returns (API contract, the node's
+/// own cap).
+pub const MAX_PAGE_BLOCKS: usize = MAX_BLOCKS_PER_PAGE as usize;
 
 /// A height and the hash of its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -646,11 +646,17 @@ impl Driver {
             .known_tx_ids
             .remove(&block.hash())
             .unwrap_or_else(|| block.tx_hashes());
+        let checked = std::cell::Cell::new(0u64);
         let execution = self
             .shared
             .read_ledger()
-            .validate_hashed(block, tx_ids, |hash| self.shared.mempool().contains(hash));
+            .validate_hashed(block, tx_ids, |hash| {
+                let known = self.shared.mempool().contains(hash);
+                checked.set(checked.get() + u64::from(!known));
+                known
+            });
         observe_since(&self.shared.metrics.block_execute_seconds, started);
+        self.shared.metrics.checked_txs.inc_by(checked.get());
         execution
     }
 

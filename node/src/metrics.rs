@@ -65,6 +65,9 @@ pub struct Metrics {
     /// Transactions of compact proposals fetched from peers because this
     /// node did not hold them (gossip had not brought them yet).
     pub fetched_txs: Counter,
+    /// Transactions whose signatures this node checked, at admission or in
+    /// a proposal: about once per transaction when nothing is checked twice.
+    pub checked_txs: Counter,
     /// Peers with an established connection.
     pub peers: Gauge,
     /// Best known peer height minus our height (0 when caught up).
@@ -101,6 +104,7 @@ impl Metrics {
         let mempool_size = Gauge::default();
         let round_timeouts = Family::default();
         let fetched_txs = Counter::default();
+        let checked_txs = Counter::default();
         let peers = Gauge::default();
         let sync_lag = Gauge::default();
         let api_rejected = Family::default();
@@ -135,6 +139,11 @@ impl Metrics {
             "fetched_txs",
             "Proposal transactions fetched from peers (not gossiped here in time)",
             fetched_txs.clone(),
+        );
+        registry.register(
+            "checked_txs",
+            "Transactions whose signatures this node checked (admission and proposals)",
+            checked_txs.clone(),
         );
         registry.register("peers", "Connected peers", peers.clone());
         registry.register(
@@ -185,6 +194,7 @@ impl Metrics {
             mempool_size,
             round_timeouts,
             fetched_txs,
+            checked_txs,
             peers,
             sync_lag,
             api_rejected,

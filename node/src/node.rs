@@ -272,6 +272,7 @@ impl Shared {
             .map(|(slot, HashedTx { tx, hash, size })| ((slot, hash, size), tx))
             .unzip();
         let checks = check_stateless_all(&self.chain_id, &txs);
+        self.metrics.checked_txs.inc_by(txs.len() as u64);
         let mut mempool = self.mempool();
         for (((slot, hash, size), tx), check) in entries.into_iter().zip(txs).zip(checks) {
             let verdict = match check {

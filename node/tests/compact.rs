@@ -162,6 +162,18 @@ async fn batches_get_one_verdict_each_and_compact_proposals_fetch_what_is_missin
         fetched >= private.len() as u64,
         "the other validators fetched {fetched} transactions"
     );
+    // Every node checked every transaction's signatures: the private ones
+    // in node 0's admission or in its proposal (fetched), the others at
+    // admission (node 1: the forged one and the duplicate too) or in a
+    // proposal, a few perhaps both ways; none more than twice.
+    let total = hashes.len() as u64;
+    for (i, node) in nodes.iter().enumerate() {
+        let checked = node.shared.metrics.checked_txs.get();
+        assert!(
+            (total..=2 * total + 2).contains(&checked),
+            "node {i} checked {checked} transactions of {total}"
+        );
+    }
     for node in nodes {
         node.stop().await.unwrap();
     }

@@ -174,7 +174,7 @@ enum BatchVerdict {
 }
 
 /// Most transactions per `POST /v1/transactions/batch` (the API's cap).
-pub const MAX_SUBMIT_BATCH: usize = 512;
+pub use keyreg_registry::wire::MAX_SUBMIT_BATCH;
 /// Most hex characters of transactions per batch request, so a request
 /// stays under the API's 1 MiB body limit.
 const MAX_SUBMIT_BATCH_HEX: usize = 1_000_000;

@@ -62,9 +62,11 @@ const COMMAND_QUEUE: usize = 256;
 const EVENT_QUEUE: usize = 1024;
 /// Outbound requests awaiting a response; more are refused with `Busy`.
 const MAX_PENDING_REQUESTS: usize = 256;
-/// Inbound requests the application has not answered yet; more are dropped
-/// (the requester sees a failure and retries elsewhere).
+/// Inbound requests the application has not answered yet, and their bytes
+/// together (a request may be 1 MiB): more are dropped (the requester sees
+/// a failure and retries elsewhere).
 const MAX_PENDING_RESPONSES: usize = 256;
+const MAX_PENDING_REQUEST_BYTES: usize = 32 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// How often each connection is pinged, and how long an answer may take
@@ -622,7 +624,7 @@ pub async fn start(key: &SigningKey, config: NetworkConfig) -> Result<Network, N
         own_commands: handle.commands.downgrade(),
         connected_peers,
         pending_requests: HashMap::new(),
-        pending_responses: HashMap::new(),
+        pending_responses: PendingResponses::new(),
     };
     let task = tokio::spawn(runner.run());
     Ok(Network {
@@ -724,7 +726,44 @@ struct SwarmTask {
     own_commands: mpsc::WeakSender<Command>,
     connected_peers: Arc<AtomicUsize>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>, NetworkError>>>,
-    pending_responses: HashMap<InboundRequestId, ResponseChannel<Vec<u8>>>,
+    pending_responses: PendingResponses<InboundRequestId, ResponseChannel<Vec<u8>>>,
+}
+
+/// The response channels of inbound requests the application has not
+/// answered, bounded by count and by the requests' bytes.
+struct PendingResponses<K, C> {
+    channels: HashMap<K, (C, usize)>,
+    request_bytes: usize,
+}
+
+impl<K: std::hash::Hash + Eq, C> PendingResponses<K, C> {
+    fn new() -> Self {
+        PendingResponses {
+            channels: HashMap::new(),
+            request_bytes: 0,
+        }
+    }
+
+    /// Holds `channel` until [`take`](Self::take); false (and nothing held)
+    /// when the bounds are reached.
+    fn hold(&mut self, id: K, channel: C, request_len: usize) -> bool {
+        if self.channels.len() >= MAX_PENDING_RESPONSES
+            || self.request_bytes + request_len > MAX_PENDING_REQUEST_BYTES
+        {
+            return false;
+        }
+        self.request_bytes += request_len;
+        if let Some((_, replaced)) = self.channels.insert(id, (channel, request_len)) {
+            self.request_bytes -= replaced;
+        }
+        true
+    }
+
+    fn take(&mut self, id: &K) -> Option<C> {
+        let (channel, request_len) = self.channels.remove(id)?;
+        self.request_bytes -= request_len;
+        Some(channel)
+    }
 }
 
 impl SwarmTask {
@@ -820,7 +859,7 @@ impl SwarmTask {
                     self.pending_requests.insert(id, reply);
                 }
             }
-            Command::Respond { id, data } => match self.pending_responses.remove(&id) {
+            Command::Respond { id, data } => match self.pending_responses.take(&id) {
                 Some(channel) => {
                     if self
                         .swarm
@@ -978,11 +1017,13 @@ impl SwarmTask {
                     },
                 ..
             } => {
-                if self.pending_responses.len() >= MAX_PENDING_RESPONSES {
+                if !self
+                    .pending_responses
+                    .hold(request_id, channel, request.len())
+                {
                     tracing::warn!(%peer, "too many unanswered sync requests; dropping one");
                     return;
                 }
-                self.pending_responses.insert(request_id, channel);
                 self.emit(NetworkEvent::InboundRequest {
                     peer,
                     id: request_id,
@@ -1012,11 +1053,41 @@ impl SwarmTask {
                 request_id, error, ..
             } => {
                 tracing::debug!(%error, "inbound sync request failed");
-                self.pending_responses.remove(&request_id);
+                self.pending_responses.take(&request_id);
             }
             Event::ResponseSent { request_id, .. } => {
-                self.pending_responses.remove(&request_id);
+                self.pending_responses.take(&request_id);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unanswered_requests_are_bounded_by_count_and_by_bytes() {
+        let mut pending = PendingResponses::new();
+        // 1 MiB requests: the byte bound comes first.
+        let big = 1 << 20;
+        let fit = MAX_PENDING_REQUEST_BYTES / big;
+        for id in 0..fit {
+            assert!(pending.hold(id, id, big), "request {id}");
+        }
+        assert!(!pending.hold(fit, fit, big), "over the byte bound");
+        assert!(pending.hold(fit, fit, 0), "an empty one still fits");
+        // Answering one frees its bytes, once.
+        assert_eq!(pending.take(&0), Some(0));
+        assert_eq!(pending.take(&0), None);
+        assert!(pending.hold(fit + 1, fit + 1, big));
+        assert_eq!(pending.request_bytes, MAX_PENDING_REQUEST_BYTES);
+        // Small requests: the count bound.
+        let mut small = PendingResponses::new();
+        for id in 0..MAX_PENDING_RESPONSES {
+            assert!(small.hold(id, (), 10));
+        }
+        assert!(!small.hold(MAX_PENDING_RESPONSES, (), 10));
+        assert_eq!(small.request_bytes, 10 * MAX_PENDING_RESPONSES);
     }
 }

@@ -21,6 +21,7 @@
 //!
 //! A batch's wire format is [`keyreg_registry::wire::encode_tx_batch`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,17 +78,42 @@ pub struct Queued {
     _budget: OwnedSemaphorePermit,
 }
 
-/// The sending side of the admission queue, bounded by count and bytes.
+/// The sending side of the admission queue, bounded by count and bytes,
+/// and how far admission has got through it.
 pub struct Arrivals {
     queue: mpsc::Sender<Queued>,
     budget: Arc<Semaphore>,
+    /// Arrivals queued so far.
+    queued: AtomicU64,
+    /// Arrivals admitted so far (the admission task adds each round's).
+    admitted: watch::Sender<u64>,
 }
 
 impl Arrivals {
     pub fn new() -> (Self, mpsc::Receiver<Queued>) {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let budget = Arc::new(Semaphore::new(QUEUED_BYTES));
-        (Arrivals { queue, budget }, receiver)
+        let arrivals = Arrivals {
+            queue,
+            budget,
+            queued: AtomicU64::new(0),
+            admitted: watch::Sender::new(0),
+        };
+        (arrivals, receiver)
+    }
+
+    /// Waits until admission has got through every arrival queued before
+    /// this call, at most `max_wait`; false on the deadline.
+    pub async fn admitted_so_far(&self, max_wait: Duration) -> bool {
+        let target = self.queued.load(Ordering::Acquire);
+        let mut admitted = self.admitted.subscribe();
+        let done = tokio::time::timeout(max_wait, admitted.wait_for(|n| *n >= target)).await;
+        matches!(done, Ok(Ok(_)))
+    }
+
+    fn count_admitted(&self, arrivals: usize) {
+        self.admitted
+            .send_modify(|admitted| *admitted += arrivals as u64);
     }
 
     /// Queues `arrival`, or gives it back when the queue is full (by count
@@ -104,7 +130,9 @@ impl Arrivals {
                 arrival,
                 _budget: permit,
             })
-            .map_err(|e| e.into_inner().arrival)
+            .map_err(|e| e.into_inner().arrival)?;
+        self.queued.fetch_add(1, Ordering::Release);
+        Ok(())
     }
 }
 const _: () = assert!(MAX_TX_BATCH_BYTES <= crate::network::MAX_GOSSIP_PAYLOAD);
@@ -176,10 +204,12 @@ pub async fn admit_arrivals(
                 Err(_) => break,
             }
         }
-        let shared = shared.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || admit(&shared, round)).await {
+        let arrivals = round.len();
+        let admitting = shared.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || admit(&admitting, round)).await {
             tracing::error!(error = %e, "transaction admission task failed");
         }
+        shared.arrivals.count_admitted(arrivals);
     }
 }
 
@@ -296,6 +326,26 @@ mod tests {
         // An arrival taken out (admitted) gives its bytes back.
         drop(queue.try_recv().expect("a queued arrival"));
         assert!(arrivals.try_queue(submission(1 << 20)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_can_wait_for_what_queued_before_it_to_be_admitted() {
+        let (arrivals, _queue) = Arrivals::new();
+        let short = Duration::from_millis(10);
+        assert!(arrivals.admitted_so_far(short).await, "nothing queued");
+        for _ in 0..3 {
+            assert!(arrivals.try_queue(submission(10)).is_ok());
+        }
+        assert!(!arrivals.admitted_so_far(short).await, "none admitted yet");
+        arrivals.count_admitted(2);
+        assert!(!arrivals.admitted_so_far(short).await, "one still waits");
+        // Admitted while the caller waits: it wakes then, not at its deadline.
+        let waiting = arrivals.admitted_so_far(Duration::from_secs(60));
+        let (done, ()) = tokio::join!(waiting, async { arrivals.count_admitted(1) });
+        assert!(done);
+        // One queued since is waited for.
+        assert!(arrivals.try_queue(submission(10)).is_ok());
+        assert!(!arrivals.admitted_so_far(short).await);
     }
 
     #[test]

@@ -69,6 +69,10 @@ const MAX_ACTIONS_PER_INPUT: usize = 10_000;
 const PACING_TICK: Duration = Duration::from_millis(20);
 /// Compact proposals whose missing transactions are being fetched at once.
 const MAX_FETCHES: usize = 4;
+/// How long a compact proposal's fetch first waits for admission to get
+/// through what queued before it (the gossiped copies of its missing
+/// transactions, most often). Short next to a round's timeouts.
+const ADMISSION_WAIT: Duration = Duration::from_millis(100);
 /// Most blocks at the current height whose transaction ids are kept for
 /// their validation (one proposal per round; more only from an
 /// equivocating proposer, whose blocks are then hashed again).
@@ -367,10 +371,24 @@ impl Driver {
             .filter_map(|key| peer_id_of(&key).ok())
             .collect();
         self.fetching.insert(value_hash);
-        let network = self.shared.network.clone();
+        let shared = self.shared.clone();
         let inputs = self.inputs.clone();
         tokio::spawn(async move {
-            let txs = sync::fetch_transactions(&network, &peers, missing).await;
+            // Gossiped copies of the missing transactions may be waiting
+            // for admission here, or in its current round: fetched now,
+            // they would travel again and be checked twice.
+            shared.arrivals.admitted_so_far(ADMISSION_WAIT).await;
+            let found = shared.pending_txs(&missing);
+            let missing: Vec<Hash> = missing
+                .into_iter()
+                .zip(found)
+                .filter_map(|(hash, tx)| tx.is_none().then_some(hash))
+                .collect();
+            let txs = if missing.is_empty() {
+                Vec::new()
+            } else {
+                sync::fetch_transactions(&shared.network, &peers, missing).await
+            };
             // Fails only when the driver has stopped.
             let proposal = Box::new(proposal);
             let _ = inputs.send(DriverInput::Fetched { proposal, txs }).await;

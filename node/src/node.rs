@@ -111,7 +111,7 @@ pub struct Shared {
     sync_lag: AtomicU64,
     height: AtomicU64,
     /// Transactions waiting for admission ([`admission`]).
-    arrivals: Arrivals,
+    pub(crate) arrivals: Arrivals,
     /// Admitted transactions waiting to be gossiped ([`admission`]).
     tx_outbox: mpsc::Sender<Vec<u8>>,
     /// Transactions of this height's proposals that are not in the mempool

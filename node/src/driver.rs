@@ -378,12 +378,7 @@ impl Driver {
             // for admission here, or in its current round: fetched now,
             // they would travel again and be checked twice.
             shared.arrivals.admitted_so_far(ADMISSION_WAIT).await;
-            let found = shared.pending_txs(&missing);
-            let missing: Vec<Hash> = missing
-                .into_iter()
-                .zip(found)
-                .filter_map(|(hash, tx)| tx.is_none().then_some(hash))
-                .collect();
+            let missing = shared.lacking(missing);
             let txs = if missing.is_empty() {
                 Vec::new()
             } else {

@@ -158,6 +158,17 @@ impl Shared {
             .collect()
     }
 
+    /// Those of `hashes` that neither the mempool nor this height's
+    /// proposals hold.
+    pub(crate) fn lacking(&self, hashes: Vec<Hash>) -> Vec<Hash> {
+        let mempool = self.mempool();
+        let kept = self.proposal_txs();
+        hashes
+            .into_iter()
+            .filter(|hash| !mempool.contains(hash) && !kept.contains_key(hash))
+            .collect()
+    }
+
     /// Keeps proposal transactions the mempool lacks (bounded: beyond
     /// [`MAX_PROPOSAL_TXS`] they are not kept, and peers fetch them
     /// elsewhere).

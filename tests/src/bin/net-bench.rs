@@ -687,8 +687,9 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
         metric_total(&batching_after, "keyreg_fetched_txs_total", "")
     );
-    let checked = metric_total(&batching_after, "keyreg_checked_txs_total", "")
-        - metric_total(&batching_before, "keyreg_checked_txs_total", "");
+    let checked = metric_total(&batching_after, "keyreg_checked_txs_total", "").saturating_sub(
+        metric_total(&batching_before, "keyreg_checked_txs_total", ""),
+    );
     println!(
         "  signature checks per committed transaction per validator: {:.3} ({checked} transactions checked on all nodes; 1 when none is checked twice)",
         checked as f64 / (committed_count.max(1) * nodes.len()) as f64

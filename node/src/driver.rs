@@ -379,11 +379,8 @@ impl Driver {
             // they would travel again and be checked twice.
             shared.arrivals.admitted_so_far(ADMISSION_WAIT).await;
             let missing = shared.lacking(missing);
-            let txs = if missing.is_empty() {
-                Vec::new()
-            } else {
-                sync::fetch_transactions(&shared.network, &peers, missing).await
-            };
+            // Nothing left to fetch: answers at once, asking no peer.
+            let txs = sync::fetch_transactions(&shared.network, &peers, missing).await;
             // Fails only when the driver has stopped.
             let proposal = Box::new(proposal);
             let _ = inputs.send(DriverInput::Fetched { proposal, txs }).await;

@@ -185,8 +185,15 @@ pub async fn run(
             Some(_) = hints.recv() => {}
             _ = shutdown.changed() => return,
         }
-        if let Err(e) = sync_round(&shared, &network, &driver, round).await {
-            tracing::debug!(error = %e, "sync round failed");
+        // A peer may hold a request unanswered for the whole request
+        // timeout; shutting down must not wait for it.
+        tokio::select! {
+            result = sync_round(&shared, &network, &driver, round) => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "sync round failed");
+                }
+            }
+            _ = shutdown.changed() => return,
         }
         round = round.wrapping_add(1);
     }

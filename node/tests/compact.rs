@@ -11,6 +11,8 @@
 //! * A peer gossiping a batch with a forged signature gets the batch
 //!   refused for relay (its valid transactions are still admitted); its
 //!   valid batch is admitted and relayed, but not back to it.
+//! * A node stops at once even while a peer holds its sync request
+//!   unanswered.
 //!
 //! Waits are bounded polls with deadlines, never fixed sleeps.
 
@@ -427,6 +429,45 @@ async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
     }
 
     observer.stop().await.unwrap();
+    liar.handle.shutdown().await;
+    liar.task.await.unwrap();
+}
+
+/// A peer may leave a sync request unanswered until the request timeout
+/// (20 s); a node stopping meanwhile must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stops_while_a_peer_holds_its_sync_request_unanswered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 1, 23, 0);
+    let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
+    let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
+    let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
+
+    let mut liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
+    let observer = node::start(observer_home, fast_config(observer_home))
+        .await
+        .unwrap();
+    // The observer's sync loop asks its one peer for its status; the liar
+    // holds the request.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, liar.events.recv())
+            .await
+            .expect("the observer never asked for the liar's status")
+            .expect("the liar's network stopped");
+        if let NetworkEvent::InboundRequest { data, .. } = event {
+            if matches!(
+                SyncRequest::from_bytes(&data).map(|r| r.query),
+                Ok(SyncQuery::Status)
+            ) {
+                break;
+            }
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(10), observer.stop())
+        .await
+        .expect("stopping waited for the unanswered request")
+        .unwrap();
     liar.handle.shutdown().await;
     liar.task.await.unwrap();
 }

@@ -29,16 +29,21 @@ fail() {
   diagnose >&2 || true
   exit 1
 }
-# What each node says when a step fails: its height, its container state
-# and the end of its log, so a failure in CI can be read after the fact.
+# What each node says when a step fails: its height, peers, sync state and
+# round timeouts, its container state and the end of its log (without
+# gossipsub's repeated-publish warnings), so a failure in CI can be read
+# after the fact.
 diagnose() {
   local n id
   [ -n "${ALL+set}" ] || return 0
   for n in "${ALL[@]}"; do
     id=$(container "$n" 2>/dev/null) || continue
     [ -n "$id" ] || { echo "--- $n: no container"; continue; }
-    echo "--- $n: height $(height "$n"), $(docker inspect -f '{{.State.Status}} (exit {{.State.ExitCode}})' "$id")"
-    docker logs --tail 15 "$id" 2>&1 | cut -c1-300
+    echo "--- $n: $(docker inspect -f '{{.State.Status}} (exit {{.State.ExitCode}})' "$id")," \
+      "$(curl -sf --max-time 2 "$(api "$n")/v1/status" |
+        jq -rc '{height, peers, syncing, mempool}' 2>/dev/null || echo 'no status')"
+    curl -sf --max-time 2 "$(api "$n")/metrics" | grep '^keyreg_round_timeouts_total' || true
+    docker logs "$id" 2>&1 | grep -v 'Not publishing a message' | tail -15 | cut -c1-300 || true
   done
 }
 

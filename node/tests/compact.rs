@@ -365,21 +365,26 @@ async fn a_certified_header_served_with_other_transactions_is_refused() {
     validator.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 1, 19, 0);
-    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+/// A one-validator testnet in `dir` (ports probed with `stride`) whose
+/// validator never starts: a liar holds its key and address, so the
+/// running observer's only peer is the liar.
+async fn observer_beside_a_liar(dir: &Path, stride: u16) -> (Network, RunningNode) {
+    let (_, layout) = loopback_testnet(dir, CHAIN, 1, 1, stride, 0);
     let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
     let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
     let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
-
-    // The liar holds the validator's key and address (the validator never
-    // starts), so the observer's only peer is the liar.
-    let mut liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
+    let liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
     let observer = node::start(observer_home, fast_config(observer_home))
         .await
         .unwrap();
+    (liar, observer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut liar, observer) = observer_beside_a_liar(dir.path(), 19).await;
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
     let deadline = Instant::now() + DEADLINE;
     while liar.handle.status().await.unwrap().topic_peers.get("tx") != Some(&1) {
         assert!(Instant::now() < deadline, "the observer never subscribed");
@@ -438,15 +443,7 @@ async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stops_while_a_peer_holds_its_sync_request_unanswered() {
     let dir = tempfile::tempdir().unwrap();
-    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 1, 23, 0);
-    let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
-    let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
-    let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
-
-    let mut liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
-    let observer = node::start(observer_home, fast_config(observer_home))
-        .await
-        .unwrap();
+    let (mut liar, observer) = observer_beside_a_liar(dir.path(), 23).await;
     // The observer's sync loop asks its one peer for its status; the liar
     // holds the request.
     let deadline = Instant::now() + DEADLINE;

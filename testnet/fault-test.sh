@@ -42,7 +42,7 @@ diagnose() {
     echo "--- $n: $(docker inspect -f '{{.State.Status}} (exit {{.State.ExitCode}})' "$id")," \
       "$(curl -sf --max-time 2 "$(api "$n")/v1/status" |
         jq -rc '{height, peers, syncing, mempool}' 2>/dev/null || echo 'no status')"
-    curl -sf --max-time 2 "$(api "$n")/metrics" | grep '^keyreg_round_timeouts_total' || true
+    curl -sf --max-time 2 "$(api "$n")/metrics" | grep -E '^keyreg_(round_timeouts_total|sync_lag|peers|commits_total)' || true
     docker logs "$id" 2>&1 | grep -v 'Not publishing a message' | tail -15 | cut -c1-300 || true
   done
 }

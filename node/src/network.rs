@@ -68,6 +68,11 @@ const MAX_PENDING_REQUESTS: usize = 256;
 const MAX_PENDING_RESPONSES: usize = 256;
 const MAX_PENDING_REQUEST_BYTES: usize = 32 << 20;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a requester waits for the network task's answer at most:
+/// request-response reports every request's end within REQUEST_TIMEOUT, but
+/// a report it never makes must not stall the requester (the sync loop)
+/// forever, so the requester keeps its own deadline a little later.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(25);
 const REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 /// How often each connection is pinged, and how long an answer may take
 /// before the connection is closed as dead.
@@ -330,8 +335,17 @@ impl NetworkHandle {
         if data.len() > MAX_REQUEST_BYTES {
             return Err(NetworkError::RequestTooLarge(data.len()));
         }
-        self.call(|reply| Command::Request { peer, data, reply })
-            .await?
+        match tokio::time::timeout(
+            REQUEST_DEADLINE,
+            self.call(|reply| Command::Request { peer, data, reply }),
+        )
+        .await
+        {
+            Ok(answer) => answer?,
+            Err(_) => Err(NetworkError::Request(format!(
+                "no outcome reported within {REQUEST_DEADLINE:?}"
+            ))),
+        }
     }
 
     /// Answers an inbound request. Responses above [`MAX_RESPONSE_BYTES`]
@@ -853,6 +867,11 @@ impl SwarmTask {
             }
             Command::Request { peer, data, reply } => {
                 if self.pending_requests.len() >= MAX_PENDING_REQUESTS {
+                    // Requesters past their deadline have gone; their
+                    // entries must not hold the bound.
+                    self.pending_requests.retain(|_, reply| !reply.is_closed());
+                }
+                if self.pending_requests.len() >= MAX_PENDING_REQUESTS {
                     let _ = reply.send(Err(NetworkError::Busy));
                 } else {
                     let id = self.swarm.behaviour_mut().sync.send_request(&peer, data);
@@ -1065,6 +1084,33 @@ impl SwarmTask {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The requester's own deadline ends a request whose outcome the network
+    /// task never reports (the sync loop must not wait forever).
+    #[tokio::test(start_paused = true)]
+    async fn a_request_whose_outcome_is_never_reported_ends_at_the_deadline() {
+        let (commands, mut held) = mpsc::channel(1);
+        let handle = NetworkHandle {
+            commands,
+            local_peer_id: identity::Keypair::generate_ed25519().public().to_peer_id(),
+            listen_addrs: Arc::new(Vec::new()),
+            connected_peers: Arc::new(AtomicUsize::new(0)),
+        };
+        // Takes the request and keeps its reply sender, never answering.
+        let holder = tokio::spawn(async move {
+            let _kept = held.recv().await;
+            std::future::pending::<()>().await;
+        });
+        let peer = identity::Keypair::generate_ed25519().public().to_peer_id();
+        let started = tokio::time::Instant::now();
+        let answer = handle.request(peer, vec![1, 2, 3]).await;
+        assert!(
+            matches!(answer, Err(NetworkError::Request(_))),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() >= REQUEST_DEADLINE);
+        holder.abort();
+    }
 
     #[test]
     fn unanswered_requests_are_bounded_by_count_and_by_bytes() {

@@ -342,9 +342,14 @@ impl NetworkHandle {
         .await
         {
             Ok(answer) => answer?,
-            Err(_) => Err(NetworkError::Request(format!(
-                "no outcome reported within {REQUEST_DEADLINE:?}"
-            ))),
+            Err(_) => {
+                // request-response should have reported a timeout by now:
+                // worth an operator's (and a failed CI run's) attention.
+                tracing::warn!(%peer, "sync request: no outcome reported within {REQUEST_DEADLINE:?}");
+                Err(NetworkError::Request(format!(
+                    "no outcome reported within {REQUEST_DEADLINE:?}"
+                )))
+            }
         }
     }
 

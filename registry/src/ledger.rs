@@ -380,7 +380,7 @@ impl<S: LedgerStore> Ledger<S> {
         )?;
         self.store.write_block(
             committed,
-            &execution.tree_batch,
+            execution.tree_batch,
             &execution.changes,
             &execution.results,
             &execution.tx_hashes,

@@ -101,12 +101,12 @@ impl LedgerStore for MemLedgerStore {
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
-        check_append(self.head()?, committed, tree, results, tx_hashes)?;
+        check_append(self.head()?, committed, &tree, results, tx_hashes)?;
         self.apply_to_head_index(changes);
         let height = committed.block.header.height;
         for (index, (tx_hash, result)) in tx_hashes.iter().zip(results).enumerate() {
@@ -118,7 +118,7 @@ impl LedgerStore for MemLedgerStore {
                 result: result.clone(),
             });
         }
-        self.nodes.write(tree);
+        self.nodes.write_owned(tree);
         self.certificates
             .insert(height, committed.certificate.clone());
         self.blocks.push(committed.block.clone());

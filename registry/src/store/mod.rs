@@ -17,6 +17,8 @@
 mod mem;
 #[cfg(feature = "rocksdb")]
 mod rocks;
+#[cfg(feature = "rocksdb")]
+mod top_nodes;
 
 use bincode::{Decode, Encode};
 use keyreg_consensus::certificate::CommitCertificate;
@@ -94,11 +96,12 @@ pub trait LedgerStore: NodeReader {
     ) -> Result<(), StoreError>;
     /// Appends the block at `head + 1` with its tree nodes, its writes
     /// (`changes`, for the head value index), per-transaction results and
-    /// transaction hashes (in block order), atomically and durably.
+    /// transaction hashes (in block order), atomically and durably. The tree
+    /// update is the store's to keep (an in-memory store keeps its nodes).
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],

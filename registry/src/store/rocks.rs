@@ -26,6 +26,7 @@ use rocksdb::{
     IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
+use super::top_nodes::TopNodes;
 use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
@@ -193,6 +194,8 @@ pub struct RocksLedgerStore {
     head: Option<u64>,
     /// Whether `values` matches the head (see [`LedgerStore::has_head_index`]).
     head_index: bool,
+    /// The head tree's top levels, in memory.
+    top: TopNodes,
 }
 
 impl RocksLedgerStore {
@@ -210,6 +213,7 @@ impl RocksLedgerStore {
             db,
             head: None,
             head_index: false,
+            top: TopNodes::default(),
         };
         store.head = store
             .get(CF_META, META_HEAD)?
@@ -221,6 +225,10 @@ impl RocksLedgerStore {
             .transpose()?;
         // An empty store gets the index with its genesis.
         store.head_index = store.head.is_none() || values_height == store.head;
+        if let Some(head) = store.head {
+            store.top = TopNodes::load(&store, head)
+                .map_err(|e| StoreError::Backend(format!("the head tree's top levels: {e}")))?;
+        }
         Ok(store)
     }
 
@@ -327,6 +335,9 @@ impl RocksLedgerStore {
 
 impl NodeReader for RocksLedgerStore {
     fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        if let Some(node) = self.top.get(key) {
+            return Ok(Some(node.clone()));
+        }
         let bytes = self
             .get(CF_NODES, &key.to_bytes())
             .map_err(|e| TreeError::Store(e.to_string()))?;
@@ -396,6 +407,7 @@ impl LedgerStore for RocksLedgerStore {
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
         batch.put_cf(meta, META_HEAD, height_key(0));
         self.write(batch)?;
+        self.top.apply(tree.clone());
         self.head = Some(0);
         Ok(())
     }
@@ -403,18 +415,18 @@ impl LedgerStore for RocksLedgerStore {
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
-        check_append(self.head, committed, tree, results, tx_hashes)?;
+        check_append(self.head, committed, &tree, results, tx_hashes)?;
         let block = &committed.block;
         let height = block.header.height;
         let block_bytes = block.to_bytes();
         let header_bytes = block.header.to_bytes();
         let certificate_bytes = committed.certificate.to_bytes();
-        let tree = EncodedTree::new(tree);
+        let encoded_tree = EncodedTree::new(&tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
         // Sized up front: a block's batch is megabytes, and growing it by
         // doubling copies it and touches fresh pages each time.
@@ -430,7 +442,7 @@ impl LedgerStore for RocksLedgerStore {
             block_bytes.len()
                 + header_bytes.len()
                 + certificate_bytes.len()
-                + tree.bytes()
+                + encoded_tree.bytes()
                 + values_bytes
                 + tx_index_bytes
                 + SMALL_RECORDS * record_bytes(32, 0),
@@ -438,7 +450,7 @@ impl LedgerStore for RocksLedgerStore {
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);
         batch.put_cf(self.cf(CF_CERTS)?, height_key(height), certificate_bytes);
-        self.add_tree_batch(&mut batch, tree)?;
+        self.add_tree_batch(&mut batch, encoded_tree)?;
         self.add_head_values(&mut batch, height, changes)?;
         let txs = self.cf(CF_TXS)?;
         for (hash, location) in tx_index {
@@ -446,6 +458,7 @@ impl LedgerStore for RocksLedgerStore {
         }
         batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
         self.write(batch)?;
+        self.top.apply(tree);
         self.head = Some(height);
         Ok(())
     }

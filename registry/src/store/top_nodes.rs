@@ -59,7 +59,7 @@ impl TopNodes {
     }
 
     pub(super) fn get(&self, key: &NodeKey) -> Option<&Node> {
-        // Deeper keys are most reads: not worth hashing.
+        // Most reads are of deeper keys: no need to hash them.
         if key.path.len() > TOP_DEPTH {
             return None;
         }

@@ -78,7 +78,7 @@ impl<S: LedgerStore> Ledger<S> {
                 store.write_genesis(
                     &genesis_hash,
                     &initial.header,
-                    &initial.tree_batch,
+                    initial.tree_batch,
                     &initial.changes,
                 )?;
                 0

@@ -81,13 +81,13 @@ impl LedgerStore for MemLedgerStore {
         &mut self,
         genesis_hash: &Hash,
         header: &Header,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         state: &StateChanges,
     ) -> Result<(), StoreError> {
         if !self.blocks.is_empty() || header.height != 0 || tree.version != 0 {
             return Err(StoreError::Order("genesis into a non-empty store".into()));
         }
-        self.nodes.write(tree);
+        self.nodes.write_owned(tree);
         self.apply_to_head_index(state);
         self.blocks.push(Block {
             version: Block::VERSION,

@@ -91,7 +91,7 @@ pub trait LedgerStore: NodeReader {
         &mut self,
         genesis_hash: &Hash,
         header: &Header,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         state: &StateChanges,
     ) -> Result<(), StoreError>;
     /// Appends the block at `head + 1` with its tree nodes, its writes

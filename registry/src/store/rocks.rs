@@ -387,7 +387,7 @@ impl LedgerStore for RocksLedgerStore {
         &mut self,
         genesis_hash: &Hash,
         header: &Header,
-        tree: &TreeBatch,
+        tree: TreeBatch,
         state: &StateChanges,
     ) -> Result<(), StoreError> {
         if self.head.is_some() || header.height != 0 || tree.version != 0 {
@@ -401,13 +401,13 @@ impl LedgerStore for RocksLedgerStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
-        self.add_tree_batch(&mut batch, EncodedTree::new(tree))?;
+        self.add_tree_batch(&mut batch, EncodedTree::new(&tree))?;
         self.add_head_values(&mut batch, 0, state)?;
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
         batch.put_cf(meta, META_HEAD, height_key(0));
         self.write(batch)?;
-        self.top.apply(tree.clone());
+        self.top.apply(tree);
         self.head = Some(0);
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::tree::{Node, NodeKey, NodeReader, TreeBatch, TreeError};
+use crate::tree::{read_child, Node, NodeKey, NodeReader, TreeBatch, TreeError};
 
 /// Nodes at paths of at most this many nibbles are held.
 const TOP_DEPTH: usize = 3;
@@ -35,19 +35,25 @@ impl TopNodes {
         version: u64,
     ) -> Result<Self, TreeError> {
         let mut top = TopNodes::default();
-        let mut pending = vec![NodeKey::root(version)];
-        while let Some(key) = pending.pop() {
-            let node = reader.get_node(&key)?.ok_or(TreeError::MissingNode(key))?;
+        let root_key = NodeKey::root(version);
+        let root = reader
+            .get_node(&root_key)?
+            .ok_or(TreeError::VersionNotFound(version))?;
+        let mut pending = vec![(root_key, root)];
+        while let Some((key, node)) = pending.pop() {
             let Node::Internal(internal) = &node else {
                 continue;
             };
             if key.path.len() < TOP_DEPTH {
-                pending.extend(internal.children().filter(|(_, child)| !child.is_leaf).map(
-                    |(nibble, child)| NodeKey {
+                for (nibble, child) in internal.children().filter(|(_, child)| !child.is_leaf) {
+                    let child_key = NodeKey {
                         version: child.version,
                         path: key.path.child(nibble),
-                    },
-                ));
+                    };
+                    // Checked as every walk checks it: a corrupt store
+                    // fails the open instead of a later read.
+                    pending.push((child_key, read_child(reader, &child_key, child)?));
+                }
             }
             top.nodes.insert(key, node);
             assert!(
@@ -150,6 +156,40 @@ mod tests {
                 prop_assert!(top.len() <= TOP_POSITIONS);
             }
         }
+    }
+
+    #[test]
+    fn a_corrupt_store_fails_the_load() {
+        let mut store = MemNodeStore::new();
+        let updates: Vec<Update> = (0u8..=255)
+            .map(|i| (Hash([i; 32]), Some(vec![i])))
+            .collect();
+        let batch = StateTree::new(&store).apply(None, 1, &updates).unwrap();
+        store.write(&batch);
+        assert!(TopNodes::load(&store, 1).is_ok());
+        // An internal node at depth 1 replaced by a leaf its parent does not expect.
+        let (key, _) = batch
+            .new_nodes
+            .iter()
+            .find(|(key, node)| key.path.len() == 1 && matches!(node, Node::Internal(_)))
+            .unwrap();
+        let leaf = crate::tree::LeafNode {
+            key: Hash([0; 32]),
+            value: vec![0],
+        };
+        store.write(&TreeBatch {
+            new_nodes: vec![(*key, Node::Leaf(leaf))],
+            stale_nodes: Vec::new(),
+            ..batch.clone()
+        });
+        assert_eq!(
+            TopNodes::load(&store, 1).unwrap_err(),
+            TreeError::CorruptNode(*key)
+        );
+        assert_eq!(
+            TopNodes::load(&store, 2).unwrap_err(),
+            TreeError::VersionNotFound(2)
+        );
     }
 
     #[test]

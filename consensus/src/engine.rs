@@ -164,6 +164,111 @@ impl<V: Payload> Canonical for SafetyState<V> {
     }
 }
 
+/// A value named by its hash alone: what [`SafetyState::split`] leaves in
+/// the state, so a driver can store each distinct value once beside it
+/// instead of encoding whole values into every persisted state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct ValueId(pub Hash);
+
+impl Payload for ValueId {
+    fn hash(&self) -> Hash {
+        self.0
+    }
+}
+
+impl<V: Payload> SafetyState<V> {
+    /// The state with every value replaced by its [`ValueId`], and the
+    /// distinct values it held, in first-seen order. A validator's valid
+    /// value and its own proposals are usually one value.
+    pub fn split(self) -> (SafetyState<ValueId>, Vec<V>) {
+        let mut values: Vec<V> = Vec::new();
+        let mut keep = |value: V| {
+            let id = value.hash();
+            if values.iter().all(|kept| kept.hash() != id) {
+                values.push(value);
+            }
+            ValueId(id)
+        };
+        let valid = self.valid.map(|(round, value)| (round, keep(value)));
+        let own_proposals = self
+            .own_proposals
+            .into_iter()
+            .map(|proposal| SignedProposal {
+                signed: proposal.signed,
+                value: keep(proposal.value),
+            })
+            .collect();
+        let state = SafetyState {
+            version: self.version,
+            height: self.height,
+            round: self.round,
+            step: self.step,
+            locked: self.locked,
+            valid,
+            valid_pol: self.valid_pol,
+            own_proposals,
+            own_votes: self.own_votes,
+        };
+        (state, values)
+    }
+
+    /// Undoes [`split`](Self::split): `value` gives the value of an id, and
+    /// one it lacks, or whose hash is not the id, fails the join.
+    pub fn join(
+        state: SafetyState<ValueId>,
+        mut value: impl FnMut(&Hash) -> Option<V>,
+    ) -> Result<Self, EngineError> {
+        let mut lookup = |ValueId(id): ValueId| {
+            value(&id)
+                .filter(|value| value.hash() == id)
+                .ok_or(EngineError::CorruptState(
+                    "a value the state names is missing or is another value",
+                ))
+        };
+        let valid = match state.valid {
+            Some((round, id)) => Some((round, lookup(id)?)),
+            None => None,
+        };
+        let own_proposals = state
+            .own_proposals
+            .into_iter()
+            .map(|proposal| {
+                Ok(SignedProposal {
+                    signed: proposal.signed,
+                    value: lookup(proposal.value)?,
+                })
+            })
+            .collect::<Result<_, EngineError>>()?;
+        Ok(SafetyState {
+            version: state.version,
+            height: state.height,
+            round: state.round,
+            step: state.step,
+            locked: state.locked,
+            valid,
+            valid_pol: state.valid_pol,
+            own_proposals,
+            own_votes: state.own_votes,
+        })
+    }
+
+    /// The ids of the values the state names (a [`split`](Self::split)
+    /// state's are what a driver stored beside it), without repeats.
+    pub fn value_ids(&self) -> Vec<Hash> {
+        let mut ids: Vec<Hash> = Vec::new();
+        let named = self.valid.iter().map(|(_, value)| value);
+        for id in named
+            .chain(self.own_proposals.iter().map(|p| &p.value))
+            .map(Payload::hash)
+        {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+}
+
 /// Inputs to the engine.
 #[derive(Clone, Debug)]
 pub enum Event<V> {

@@ -570,6 +570,47 @@ fn restored_validator_resends_instead_of_signing_again() {
 }
 
 #[test]
+fn a_split_safety_state_names_each_value_once_and_joins_back() {
+    let net = Net::new(0);
+    let proposer = proposer_index(&net.set, 1, 0);
+    let mut p = net.engine(Some(proposer), 1);
+    p.start();
+    let (v, w) = (block(1, 1), block(1, 2));
+    p.handle(Event::ProposalValue {
+        height: 1,
+        round: 0,
+        value: v.clone(),
+    });
+    let mut state = p.safety_state();
+    state.valid = Some((0, v.clone()));
+    let mut other = state.own_proposals[0].clone();
+    other.value = w.clone();
+    state.own_proposals.push(other);
+
+    let (split, values) = state.clone().split();
+    assert_eq!(values, vec![v.clone(), w.clone()], "each value once");
+    assert_eq!(split.value_ids(), vec![v.hash(), w.hash()]);
+    assert_eq!(state.value_ids(), split.value_ids());
+    assert_eq!(
+        SafetyState::<ValueId>::from_bytes(&split.to_bytes()).unwrap(),
+        split
+    );
+    let by_id = |id: &Hash| values.iter().find(|x| x.hash() == *id).cloned();
+    assert_eq!(SafetyState::join(split.clone(), by_id).unwrap(), state);
+
+    let without_w = |id: &Hash| (*id == v.hash()).then(|| v.clone());
+    assert!(matches!(
+        SafetyState::join(split.clone(), without_w),
+        Err(EngineError::CorruptState(_))
+    ));
+    let always_v = |_: &Hash| Some(v.clone());
+    assert!(matches!(
+        SafetyState::join(split, always_v),
+        Err(EngineError::CorruptState(_))
+    ));
+}
+
+#[test]
 fn stale_or_ahead_safety_states_are_handled() {
     let net = Net::new(0);
     let me = net.non_proposer(1, 0);

@@ -45,7 +45,7 @@ pub use certificate::{verify_commit, CertificateError, CommitCertificate, VoteDa
 pub use crypto::{Domain, Hash, PublicKey, Signature, SigningKey};
 pub use engine::{
     proposer_index, Action, Config, Engine, EngineError, EngineStats, Event, SafetyState, Step,
-    Timeout, TimeoutKind,
+    Timeout, TimeoutKind, ValueId,
 };
 pub use messages::{
     decode_message, Evidence, EvidenceError, Message, MessageBody, MessageError, Offence, Payload,

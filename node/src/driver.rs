@@ -31,7 +31,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{hash, Domain};
 use keyreg_consensus::{
     decode_message, Action, CommitCertificate, Engine, Event, Evidence, Hash, Message, MessageBody,
-    Payload, SafetyState, SigningKey, Timeout, TimeoutKind,
+    Payload, SigningKey, Timeout, TimeoutKind,
 };
 use keyreg_registry::block::{BLOCK_OVERHEAD_BYTES, MAX_BLOCK_BYTES, MAX_BLOCK_TXS};
 use keyreg_registry::execute::BlockExecution;
@@ -49,10 +49,9 @@ use crate::config::{ConsensusConfig, PRUNE_INTERVAL};
 use crate::epochs;
 use crate::network::{peer_id_of, Topic, MAX_GOSSIP_PAYLOAD};
 use crate::node::{now_ms, DriverInput, NodeError, Shared};
+use crate::safety::SafetyStore;
 use crate::sync;
 
-/// Metadata key of the engine's safety state.
-const SAFETY_KEY: &[u8] = b"consensus/safety";
 /// How often the engine re-sends its own messages of the current round.
 const REBROADCAST_MS: u64 = 2000;
 /// Proposals with a timestamp further than this in the future are refused,
@@ -106,6 +105,7 @@ pub struct Driver {
     shared: Arc<Shared>,
     key: SigningKey,
     engine: Engine<BlockValue>,
+    safety: SafetyStore,
     timers: BinaryHeap<Reverse<(Instant, Timeout)>>,
     /// Executions of proposals seen at the current height, by block hash,
     /// so a commit does not execute the block twice.
@@ -152,38 +152,27 @@ impl Driver {
         sync_hints: mpsc::Sender<u64>,
         inputs: mpsc::Sender<DriverInput>,
     ) -> Result<Self, NodeError> {
-        let engine = {
+        let (engine, safety) = {
             let ledger = shared.read_ledger();
             let height = ledger.height() + 1;
             let set = ledger.validator_set().clone();
             let chain_id = ledger.chain_id();
-            match ledger.store().get_meta(SAFETY_KEY)? {
-                Some(bytes) => {
-                    let state =
-                        SafetyState::<BlockValue>::from_bytes(&bytes).map_err(consensus_error)?;
-                    Engine::restore(
-                        engine_config(config),
-                        Some(key.clone()),
-                        chain_id,
-                        height,
-                        set,
-                        state,
-                    )
+            let (safety, state) = SafetyStore::load(ledger.store())?;
+            let config = engine_config(config);
+            let engine = match state {
+                Some(state) => {
+                    Engine::restore(config, Some(key.clone()), chain_id, height, set, state)
                 }
-                None => Engine::new(
-                    engine_config(config),
-                    Some(key.clone()),
-                    chain_id,
-                    height,
-                    set,
-                ),
+                None => Engine::new(config, Some(key.clone()), chain_id, height, set),
             }
-            .map_err(consensus_error)?
+            .map_err(consensus_error)?;
+            (engine, safety)
         };
         Ok(Driver {
             shared,
             key,
             engine,
+            safety,
             timers: BinaryHeap::new(),
             executions: HashMap::new(),
             known_tx_ids: HashMap::new(),
@@ -514,10 +503,8 @@ impl Driver {
             match action {
                 Action::Persist(state) => {
                     let started = Instant::now();
-                    self.shared
-                        .write_ledger()
-                        .store_mut()
-                        .put_meta(SAFETY_KEY, &state.to_bytes())?;
+                    self.safety
+                        .persist(self.shared.write_ledger().store_mut(), state)?;
                     observe_since(&self.shared.metrics.safety_persist_seconds, started);
                 }
                 Action::Broadcast(message) => {

@@ -31,4 +31,5 @@ pub mod mempool;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod safety;
 pub mod sync;

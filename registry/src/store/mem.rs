@@ -125,8 +125,13 @@ impl LedgerStore for MemLedgerStore {
         Ok(())
     }
 
-    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.meta.insert(key.to_vec(), value.to_vec());
+    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
+        for (key, value) in puts {
+            self.meta.insert(key.to_vec(), value.to_vec());
+        }
+        for key in deletes {
+            self.meta.remove(*key);
+        }
         Ok(())
     }
 

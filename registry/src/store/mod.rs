@@ -113,7 +113,12 @@ pub trait LedgerStore: NodeReader {
     fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
     /// The node's own durable key/value pairs (e.g. consensus safety state);
     /// written synchronously, in a namespace of their own.
-    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.write_meta(&[(key, value)], &[])
+    }
+    /// Puts and deletes of the node's own pairs, all or none (one
+    /// synchronous write).
+    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError>;
     fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes tree nodes that no version `>= oldest_kept_version` uses.
     /// Returns how many nodes were deleted.

@@ -463,9 +463,15 @@ impl LedgerStore for RocksLedgerStore {
         Ok(())
     }
 
-    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
-        batch.put_cf(self.cf(CF_META)?, node_meta_key(key), value);
+        for (key, value) in puts {
+            batch.put_cf(meta, node_meta_key(key), value);
+        }
+        for key in deletes {
+            batch.delete_cf(meta, node_meta_key(key));
+        }
         self.write(batch)
     }
 

@@ -1,5 +1,5 @@
 //! The RocksDB store: blocks survive close and reopen with the same head,
-//! roots and proofs; pruning and node metadata persist.
+//! roots and proofs; pruning and node metadata (puts and deletes) persist.
 #![cfg(feature = "rocksdb")]
 
 mod common;
@@ -87,6 +87,14 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
             .as_deref(),
         Some(&b"locked-round-3"[..])
     );
+    // Several of the node's own keys put and deleted in one write.
+    env.ledger
+        .store_mut()
+        .write_meta(
+            &[(b"consensus/value/a", b"block a"), (b"consensus/x", b"x")],
+            &[b"consensus/safety"],
+        )
+        .unwrap();
     let first = env.ledger.block(1).unwrap().unwrap().transactions[0].hash();
     assert_eq!(env.ledger.tx_location(&first).unwrap().unwrap().height, 1);
 
@@ -102,6 +110,10 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
     drop(env);
     let ledger = open(dir.path(), &net);
     assert_eq!(ledger.height(), height);
+    let meta = |key: &[u8]| ledger.store().get_meta(key).unwrap();
+    assert_eq!(meta(b"consensus/safety"), None);
+    assert_eq!(meta(b"consensus/value/a").as_deref(), Some(&b"block a"[..]));
+    assert_eq!(meta(b"consensus/x").as_deref(), Some(&b"x"[..]));
     assert!(matches!(
         ledger.device_proof_at(&name("acme/d0"), height - 2),
         Err(LedgerError::Pruned { .. })

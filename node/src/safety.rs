@@ -89,11 +89,14 @@ impl SafetyStore {
         state: SafetyState<BlockValue>,
     ) -> Result<(), NodeError> {
         let (state, values) = state.split();
-        let named: HashSet<Hash> = values.iter().map(Payload::hash).collect();
-        let new_values: Vec<(Vec<u8>, Vec<u8>)> = values
+        let named: HashMap<Hash, BlockValue> = values
+            .into_iter()
+            .map(|value| (value.hash(), value))
+            .collect();
+        let new_values: Vec<(Vec<u8>, Vec<u8>)> = named
             .iter()
-            .filter(|value| !self.stored_values.contains(&value.hash()))
-            .map(|value| (value_key(&value.hash()), value.0.to_bytes()))
+            .filter(|(id, _)| !self.stored_values.contains(id))
+            .map(|(id, value)| (value_key(id), value.0.to_bytes()))
             .collect();
         let state_bytes = state.to_bytes();
         let mut puts: Vec<(&[u8], &[u8])> = new_values
@@ -103,7 +106,8 @@ impl SafetyStore {
         puts.push((STATE_KEY, &state_bytes));
         let mut deleted: Vec<Vec<u8>> = self
             .stored_values
-            .difference(&named)
+            .iter()
+            .filter(|id| !named.contains_key(id))
             .map(value_key)
             .collect();
         if self.inline_state {
@@ -111,7 +115,7 @@ impl SafetyStore {
         }
         let deletes: Vec<&[u8]> = deleted.iter().map(Vec::as_slice).collect();
         store.write_meta(&puts, &deletes)?;
-        self.stored_values = named;
+        self.stored_values = named.into_keys().collect();
         self.inline_state = false;
         Ok(())
     }

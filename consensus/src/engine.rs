@@ -178,14 +178,14 @@ impl Payload for ValueId {
 
 impl<V: Payload> SafetyState<V> {
     /// The state with every value replaced by its [`ValueId`], and the
-    /// distinct values it held, in first-seen order. A validator's valid
-    /// value and its own proposals are usually one value.
-    pub fn split(self) -> (SafetyState<ValueId>, Vec<V>) {
-        let mut values: Vec<V> = Vec::new();
+    /// distinct values it held with their ids, in first-seen order. A
+    /// validator's valid value and its own proposals are usually one value.
+    pub fn split(self) -> (SafetyState<ValueId>, Vec<(Hash, V)>) {
+        let mut values: Vec<(Hash, V)> = Vec::new();
         let mut keep = |value: V| {
             let id = value.hash();
-            if values.iter().all(|kept| kept.hash() != id) {
-                values.push(value);
+            if values.iter().all(|(kept, _)| *kept != id) {
+                values.push((id, value));
             }
             ValueId(id)
         };

@@ -588,14 +588,23 @@ fn a_split_safety_state_names_each_value_once_and_joins_back() {
     state.own_proposals.push(other);
 
     let (split, values) = state.clone().split();
-    assert_eq!(values, vec![v.clone(), w.clone()], "each value once");
+    assert_eq!(
+        values,
+        vec![(v.hash(), v.clone()), (w.hash(), w.clone())],
+        "each value once, with its id"
+    );
     assert_eq!(split.value_ids(), vec![v.hash(), w.hash()]);
     assert_eq!(state.value_ids(), split.value_ids());
     assert_eq!(
         SafetyState::<ValueId>::from_bytes(&split.to_bytes()).unwrap(),
         split
     );
-    let by_id = |id: &Hash| values.iter().find(|x| x.hash() == *id).cloned();
+    let by_id = |id: &Hash| {
+        values
+            .iter()
+            .find(|(kept, _)| kept == id)
+            .map(|(_, x)| x.clone())
+    };
     assert_eq!(SafetyState::join(split.clone(), by_id).unwrap(), state);
 
     let without_w = |id: &Hash| (*id == v.hash()).then(|| v.clone());

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use keyreg_consensus::codec::Canonical;
-use keyreg_consensus::{Hash, Payload, SafetyState, ValueId};
+use keyreg_consensus::{Hash, SafetyState, ValueId};
 use keyreg_registry::wire::BlockValue;
 use keyreg_registry::{Block, LedgerStore};
 
@@ -89,10 +89,7 @@ impl SafetyStore {
         state: SafetyState<BlockValue>,
     ) -> Result<(), NodeError> {
         let (state, values) = state.split();
-        let named: HashMap<Hash, BlockValue> = values
-            .into_iter()
-            .map(|value| (value.hash(), value))
-            .collect();
+        let named: HashMap<Hash, BlockValue> = values.into_iter().collect();
         let new_values: Vec<(Vec<u8>, Vec<u8>)> = named
             .iter()
             .filter(|(id, _)| !self.stored_values.contains(id))
@@ -124,7 +121,7 @@ impl SafetyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keyreg_consensus::{ProposalData, Signed, SignedProposal, SigningKey, Step};
+    use keyreg_consensus::{Payload, ProposalData, Signed, SignedProposal, SigningKey, Step};
     use keyreg_registry::{Header, MemLedgerStore};
 
     fn block(height: u64, nonce: u8) -> BlockValue {

@@ -6,7 +6,10 @@
 PERF_SCRIPT.txt is `perf script -F comm,tid,ip,sym` output (profile-nodes.sh
 writes it). Each PATTERN is a Python regular expression matched against the
 symbol of every frame; a sample counts once per pattern (inclusive shares,
-so rows overlap). Also prints the 25 most frequent leaf symbols.
+so rows overlap). A PATTERN of the form `A&&B` counts the samples whose stack
+holds a frame matching A and one matching B (say, the kernel's page zeroing
+under one caller: `clear_page_erms&&PutLengthPrefixedSlice`). Also prints the
+25 most frequent leaf symbols.
 """
 import collections
 import re
@@ -37,10 +40,12 @@ def main():
     stacks = list(samples(sys.argv[1]))
     if not stacks:
         sys.exit("no samples")
-    patterns = [(p, re.compile(p)) for p in sys.argv[2:]]
+    patterns = [(p, [re.compile(part) for part in p.split("&&")]) for p in sys.argv[2:]]
     print(f"samples {len(stacks)}")
-    for text, pattern in patterns:
-        hits = sum(1 for s in stacks if any(pattern.search(f) for f in s))
+    for text, parts in patterns:
+        hits = sum(
+            1 for s in stacks if all(any(part.search(f) for f in s) for part in parts)
+        )
         print(f"{100 * hits / len(stacks):6.1f}%  {text}")
     leaves = collections.Counter(s[0][:90] for s in stacks)
     print("top leaves:")

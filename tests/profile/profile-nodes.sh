@@ -2,14 +2,16 @@
 # Profiles the 4 keyreg-node processes of a net-bench run during its
 # throughput phase (docs/benchmarks.md, session 5).
 #
-#   tests/profile/profile-nodes.sh OUT.data SECONDS -- [net-bench args]
+#   [PROFILE_DELAY=S] tests/profile/profile-nodes.sh OUT.data SECONDS -- [net-bench args]
 #   tests/profile/stack-shares.py OUT.txt 'admission::admit' 'Ledger.*commit' ...
 #
 # Starts target/release/net-bench with the given arguments, waits for its
 # bound line and then for the nodes' CPU ticks to rise (the load generator
 # has finished pre-signing and submits), records SECONDS of call stacks of
 # every node with perf, lets net-bench finish, and writes OUT.txt
-# (`perf script`) for stack-shares.py. Needs perf (Debian's linux-perf).
+# (`perf script`) for stack-shares.py. PROFILE_DELAY waits S more seconds
+# before recording (a later phase of a long run). Needs perf (Debian's
+# linux-perf).
 set -euo pipefail
 out=$1 seconds=$2
 shift 2
@@ -31,6 +33,7 @@ for _ in $(seq 200); do
   previous=$ticks
   sleep 0.5
 done
+sleep "${PROFILE_DELAY:-0}"
 perf record -F 400 --call-graph dwarf,16384 -p "$(pgrep -d, -x keyreg-node)" -o "$out" -- sleep "$seconds"
 wait "$bench"
 cat "$log"

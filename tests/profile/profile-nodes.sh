@@ -45,7 +45,13 @@ for _ in $(seq 200); do
   sleep 0.5
 done
 sleep "${PROFILE_DELAY:-0}"
-pids=$(pgrep -d, -x keyreg-node)
+pids=$(pgrep -d, -x keyreg-node) || {
+  # The kernel keeps 15 characters of a process name: a --node-bin wrapper
+  # must exec a binary named exactly keyreg-node.
+  echo "profile-nodes.sh: no process named keyreg-node to record" >&2
+  wait "$bench" || true
+  exit 1
+}
 # "VmRSS kB, wchar bytes", summed over the nodes.
 node_memory() {
   local rss=0 written=0 pid

@@ -220,7 +220,11 @@ pub fn default_node_bin() -> anyhow::Result<PathBuf> {
 /// used: fields 14 and 15 of `/proc/<pid>/stat`, in USER_HZ ticks (100 per
 /// second on Linux).
 pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_seconds(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
+}
+
+/// CPU seconds (user + system) `stat`, the text of a `/proc/.../stat` file.
+fn stat_cpu_seconds(stat: &str) -> anyhow::Result<f64> {
     // The command name (field 2) may hold spaces; fields after it are plain.
     let after_name = stat.rsplit_once(')').context("malformed stat")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
@@ -229,6 +233,37 @@ pub fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
     };
     // utime and stime are fields 14 and 15; `after_name` starts at field 3.
     Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Name given to CPU time of threads that have ended (a process's total
+/// less its live threads'): tokio's idle blocking threads end after 10 s.
+const ENDED_THREADS: &str = "(ended threads)";
+
+/// CPU seconds process `pid` has used, by thread name (`comm`, at most 15
+/// characters: RocksDB's flushes run on `rocksdb:high`, its compactions on
+/// `rocksdb:low`, tokio's workers and blocking pool on `tokio-runtime-w`),
+/// added into `into`. Threads that ended count under [`ENDED_THREADS`].
+pub fn add_thread_cpu_seconds(
+    pid: u32,
+    into: &mut std::collections::BTreeMap<String, f64>,
+) -> anyhow::Result<()> {
+    let mut live = 0.0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = entry?.path();
+        // A thread may end between the listing and the reads: skip it.
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue;
+        };
+        let seconds = stat_cpu_seconds(&stat)?;
+        live += seconds;
+        *into.entry(name.trim_end().to_string()).or_default() += seconds;
+    }
+    let total = cpu_seconds(&pid.to_string())?;
+    *into.entry(ENDED_THREADS.to_string()).or_default() += (total - live).max(0.0);
+    Ok(())
 }
 
 /// Resident set size of process `pid` in bytes (`VmRSS` of `/proc/<pid>/status`).

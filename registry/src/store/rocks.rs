@@ -61,10 +61,21 @@ const BLOCK_CACHE_BYTES: usize = 256 << 20;
 /// rarely reads a data block.
 const BLOOM_BITS_PER_KEY: f64 = 10.0;
 
+/// Compression by level (RocksDB's `compression_per_level`: the first entry
+/// is L0, the next the base level and every level below it). A memtable's
+/// flush writes L0 uncompressed: L0 files are compacted again soon, and the
+/// data is mostly hashes and keys (LZ4 shrank a 200 000-device store's tree
+/// nodes by 13 %), so compressing there cost flushes most of their CPU (5 %
+/// of a node's in long runs, docs/benchmarks.md session 18) for little.
+/// Levels below are LZ4 and the bottom one Zstandard, where the data stays.
+const COMPRESSION_PER_LEVEL: [DBCompressionType; 2] =
+    [DBCompressionType::None, DBCompressionType::Lz4];
+
 /// Options of every column family: point look-ups dominate (tree nodes by
 /// key, transactions by hash, blocks by height), so bloom filters in the
 /// tables and the memtables, index and filter blocks held in the bounded
-/// cache, LZ4 for hot levels and Zstandard for the bottom one.
+/// cache; compression as [`COMPRESSION_PER_LEVEL`] and Zstandard for the
+/// bottom level.
 fn column_family_options(cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(cache);
@@ -75,7 +86,7 @@ fn column_family_options(cache: &Cache) -> Options {
     opts.set_block_based_table_factory(&table);
     opts.set_memtable_whole_key_filtering(true);
     opts.set_memtable_prefix_bloom_ratio(0.02);
-    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_compression_per_level(&COMPRESSION_PER_LEVEL);
     opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     opts
 }
@@ -189,6 +200,28 @@ fn decode_stale_entry(key: &[u8], value: &[u8]) -> Result<(u64, Vec<NodeKey>), S
     }
 }
 
+/// What one column family's tables hold (its memtables not counted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnFamilySize {
+    pub name: &'static str,
+    pub entries: u64,
+    /// Keys and values as written, before compression.
+    pub raw_bytes: u64,
+    /// The tables' data blocks on disk.
+    pub stored_bytes: u64,
+}
+
+/// The integer `field` (`"raw key size"`) of RocksDB's
+/// `rocksdb.aggregated-table-properties` text (`"name=value; ..."`).
+fn table_property(properties: &str, field: &str) -> Result<u64, StoreError> {
+    properties
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(name, _)| name.trim() == field)
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .ok_or_else(|| StoreError::Backend(format!("table properties lack {field:?}")))
+}
+
 pub struct RocksLedgerStore {
     db: DB,
     head: Option<u64>,
@@ -230,6 +263,29 @@ impl RocksLedgerStore {
                 .map_err(|e| StoreError::Backend(format!("the head tree's top levels: {e}")))?;
         }
         Ok(store)
+    }
+
+    /// Each column family's tables: entries, raw and stored bytes (for
+    /// benchmarks and operators). What is still only in the memtables
+    /// (and the WAL) is not counted.
+    pub fn column_family_sizes(&self) -> Result<Vec<ColumnFamilySize>, StoreError> {
+        COLUMN_FAMILIES
+            .iter()
+            .map(|name| {
+                let properties = self
+                    .db
+                    .property_value_cf(self.cf(name)?, "rocksdb.aggregated-table-properties")
+                    .map_err(backend)?
+                    .unwrap_or_default();
+                let field = |field| table_property(&properties, field);
+                Ok(ColumnFamilySize {
+                    name,
+                    entries: field("# entries")?,
+                    raw_bytes: field("raw key size")? + field("raw value size")?,
+                    stored_bytes: field("data block size")?,
+                })
+            })
+            .collect()
     }
 
     fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {

@@ -9,7 +9,7 @@
 //! Needs `keyreg-node` built in the same target directory
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,8 @@ use keyreg_registry::records::{DeviceStatus, Metadata};
 use keyreg_registry::tx::{Authority, Transaction};
 use keyreg_registry::{verify_device_proof, DeviceProof};
 use keyreg_tests::bench::{
-    cpu_seconds, default_node_bin, ms, percentile, wait_for_height, LocalTestnet,
+    add_thread_cpu_seconds, cpu_seconds, default_node_bin, ms, percentile, wait_for_height,
+    LocalTestnet,
 };
 
 /// How often the commit watcher and the revocation poller look (the
@@ -119,13 +120,55 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// CPU seconds used so far by the nodes (together) and by this process.
-fn cpu_split(net: &LocalTestnet) -> anyhow::Result<(f64, f64)> {
-    let mut nodes = 0.0;
-    for pid in net.pids() {
-        nodes += cpu_seconds(&pid.to_string())?;
+/// CPU seconds used so far: by the nodes' threads (summed over the nodes,
+/// by thread name) and by this process.
+struct CpuReading {
+    node_threads: BTreeMap<String, f64>,
+    bench: f64,
+}
+
+impl CpuReading {
+    fn take(net: &LocalTestnet) -> anyhow::Result<Self> {
+        let mut node_threads = BTreeMap::new();
+        for pid in net.pids() {
+            add_thread_cpu_seconds(pid, &mut node_threads)?;
+        }
+        Ok(CpuReading {
+            node_threads,
+            bench: cpu_seconds("self")?,
+        })
     }
-    Ok((nodes, cpu_seconds("self")?))
+
+    fn nodes(&self) -> f64 {
+        self.node_threads.values().sum()
+    }
+}
+
+/// Prints how the nodes' CPU time between two readings split by thread
+/// name: RocksDB's flushes and compactions run on threads of their own,
+/// off the request path, but on the same cores.
+fn print_thread_split(before: &CpuReading, after: &CpuReading) {
+    let total = after.nodes() - before.nodes();
+    let mut rows: Vec<(&str, f64)> = after
+        .node_threads
+        .iter()
+        .map(|(name, seconds)| {
+            let earlier = before.node_threads.get(name).copied().unwrap_or(0.0);
+            (name.as_str(), seconds - earlier)
+        })
+        .filter(|(_, seconds)| *seconds > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let shares: Vec<String> = rows
+        .iter()
+        .map(|(name, seconds)| {
+            format!(
+                "{name} {seconds:.2} s ({:.1} %)",
+                100.0 * seconds / total.max(1e-9)
+            )
+        })
+        .collect();
+    println!("  nodes' CPU by thread: {}", shares.join(", "));
 }
 
 /// Pre-signed registrations of `demo/bench-<tag>-<i>`.
@@ -616,7 +659,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
     let batching_before = metrics_texts(nodes);
-    let cpu_before = cpu_split(net)?;
+    let cpu_before = CpuReading::take(net)?;
     let load = run_load(
         nodes,
         &txs,
@@ -628,7 +671,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     );
     let submit_end = Instant::now();
     let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
-    let cpu_after = cpu_split(net)?;
+    let cpu_after = CpuReading::take(net)?;
     let committed_count = committed.iter().flatten().count();
     let last_commit = committed
         .iter()
@@ -647,13 +690,14 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         load.busy_retries,
         load.failures.len()
     );
-    let node_cpu = cpu_after.0 - cpu_before.0;
-    let bench_cpu = cpu_after.1 - cpu_before.1;
+    let node_cpu = cpu_after.nodes() - cpu_before.nodes();
+    let bench_cpu = cpu_after.bench - cpu_before.bench;
     let per_node_cpu_second = committed_count as f64 / node_cpu.max(1e-9);
     println!(
         "  CPU while submitting and committing: nodes {node_cpu:.2} s ({per_node_cpu_second:.0} tx per node-CPU-second), load generator {bench_cpu:.2} s, over {:.2} s of wall clock",
         span.as_secs_f64()
     );
+    print_thread_split(&cpu_before, &cpu_after);
     // The machine's speed drifts (shared VMs): the bound is measured again
     // now, with the nodes idle, and the ratio uses the higher of the two.
     let after = verification_bound(args.bound_seconds, args.validators);

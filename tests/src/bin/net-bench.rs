@@ -4,7 +4,8 @@
 //!
 //! `cargo run --release -p keyreg-tests --bin net-bench -- [--validators 4] [--txs 4000]
 //!  [--rate 20] [--threads 4] [--batch 1] [--latency-seconds 10] [--lookup-seconds 5]
-//!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--node-bin PATH]`
+//!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--warm-up-txs 0]
+//!  [--node-bin PATH]`
 //!
 //! Needs `keyreg-node` built in the same target directory
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{bail, ensure, Context};
 use keyreg_client::keys::{AdminKey, DeviceKeys};
 use keyreg_client::light::TrustAnchor;
 use keyreg_client::node::NodeClient;
@@ -53,6 +54,10 @@ struct Args {
     revocations: usize,
     revocation_rate: f64,
     bound_seconds: f64,
+    /// Registrations committed, unmeasured, before the throughput phase:
+    /// nodes that hold a registry and have flushed their memtables already,
+    /// as long-running ones have, instead of fresh ones.
+    warm_up_txs: usize,
     node_bin: Option<PathBuf>,
 }
 
@@ -68,6 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
         revocations: 100,
         revocation_rate: 10.0,
         bound_seconds: 2.0,
+        warm_up_txs: 0,
         node_bin: None,
     };
     let mut it = std::env::args().skip(1);
@@ -85,6 +91,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--revocations" => args.revocations = value.parse().with_context(bad)?,
             "--revocation-rate" => args.revocation_rate = value.parse().with_context(bad)?,
             "--bound-seconds" => args.bound_seconds = value.parse().with_context(bad)?,
+            "--warm-up-txs" => args.warm_up_txs = value.parse().with_context(bad)?,
             "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
             _ => bail!("unknown flag {flag}"),
         }
@@ -94,6 +101,9 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&args.threads) || args.txs == 0 || args.txs > 1_000_000 {
         bail!("--threads must be 1..=64 and --txs 1..=1000000");
+    }
+    if args.warm_up_txs > 1_000_000 {
+        bail!("--warm-up-txs must be 0..=1000000");
     }
     if !(1..=keyreg_client::node::MAX_SUBMIT_BATCH).contains(&args.batch) {
         bail!(
@@ -635,6 +645,42 @@ fn main() {
     }
 }
 
+/// Commits `--warm-up-txs` registrations at saturation, unmeasured.
+fn warm_up(
+    args: &Args,
+    nodes: &[NodeClient],
+    chain_id: &str,
+    admin: &AdminKey,
+) -> anyhow::Result<()> {
+    let txs = registration_txs(chain_id, admin, "warm", args.warm_up_txs)?;
+    let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
+    let watcher = CommitWatcher::start(nodes[0].clone())?;
+    let never = AtomicBool::new(false);
+    let load = run_load(
+        nodes,
+        &txs,
+        args.threads,
+        args.batch,
+        None,
+        COMMIT_DEADLINE,
+        &never,
+    );
+    let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
+    watcher.finish()?;
+    let count = committed.iter().flatten().count();
+    ensure!(
+        count == txs.len(),
+        "warm-up: {count} of {} registrations committed ({} failed submissions)",
+        txs.len(),
+        load.failures.len()
+    );
+    println!(
+        "warm-up (not measured): {count} registrations committed in {:.2} s",
+        load.start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `bound`: (signatures/s, tx/s) from [`verification_bound`].
 fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()> {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
@@ -656,6 +702,9 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let saturation = registrations(&chain_id, &admin, "sat", args.txs)?;
     let txs: Vec<Transaction> = saturation.iter().map(|(_, tx)| tx.clone()).collect();
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
+    if args.warm_up_txs > 0 {
+        warm_up(args, nodes, &chain_id, &admin)?;
+    }
     let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
     let batching_before = metrics_texts(nodes);

@@ -645,28 +645,54 @@ fn main() {
     }
 }
 
-/// Commits `--warm-up-txs` registrations at saturation, unmeasured.
-fn warm_up(
+/// A saturation load: `txs` submitted as fast as they are accepted.
+struct Saturation {
+    load: Load,
+    submit_end: Instant,
+    hashes: Vec<Hash>,
+    /// When `watcher` first saw each transaction committed.
+    committed: Vec<Option<Instant>>,
+}
+
+fn saturate(
     args: &Args,
     nodes: &[NodeClient],
-    chain_id: &str,
-    admin: &AdminKey,
-) -> anyhow::Result<()> {
-    let txs = registration_txs(chain_id, admin, "warm", args.warm_up_txs)?;
+    watcher: &CommitWatcher,
+    txs: &[Transaction],
+) -> anyhow::Result<Saturation> {
     let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
-    let watcher = CommitWatcher::start(nodes[0].clone())?;
     let never = AtomicBool::new(false);
     let load = run_load(
         nodes,
-        &txs,
+        txs,
         args.threads,
         args.batch,
         None,
         COMMIT_DEADLINE,
         &never,
     );
+    let submit_end = Instant::now();
     let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
-    watcher.finish()?;
+    Ok(Saturation {
+        load,
+        submit_end,
+        hashes,
+        committed,
+    })
+}
+
+/// Commits `--warm-up-txs` registrations at saturation, unmeasured.
+fn warm_up(
+    args: &Args,
+    nodes: &[NodeClient],
+    watcher: &CommitWatcher,
+    chain_id: &str,
+    admin: &AdminKey,
+) -> anyhow::Result<()> {
+    let txs = registration_txs(chain_id, admin, "warm", args.warm_up_txs)?;
+    let Saturation {
+        load, committed, ..
+    } = saturate(args, nodes, watcher, &txs)?;
     let count = committed.iter().flatten().count();
     ensure!(
         count == txs.len(),
@@ -701,25 +727,18 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     // 2. Throughput at saturation.
     let saturation = registrations(&chain_id, &admin, "sat", args.txs)?;
     let txs: Vec<Transaction> = saturation.iter().map(|(_, tx)| tx.clone()).collect();
-    let hashes: Vec<Hash> = txs.iter().map(Transaction::hash).collect();
-    if args.warm_up_txs > 0 {
-        warm_up(args, nodes, &chain_id, &admin)?;
-    }
     let watcher = CommitWatcher::start(nodes[0].clone())?;
-    let never = AtomicBool::new(false);
+    if args.warm_up_txs > 0 {
+        warm_up(args, nodes, &watcher, &chain_id, &admin)?;
+    }
     let batching_before = metrics_texts(nodes);
     let cpu_before = CpuReading::take(net)?;
-    let load = run_load(
-        nodes,
-        &txs,
-        args.threads,
-        args.batch,
-        None,
-        COMMIT_DEADLINE,
-        &never,
-    );
-    let submit_end = Instant::now();
-    let committed = watcher.wait_all(&hashes, &load.submitted, COMMIT_DEADLINE)?;
+    let Saturation {
+        load,
+        submit_end,
+        hashes,
+        committed,
+    } = saturate(args, nodes, &watcher, &txs)?;
     let cpu_after = CpuReading::take(net)?;
     let committed_count = committed.iter().flatten().count();
     let last_commit = committed

@@ -308,10 +308,11 @@ fn column_family_sizes_count_the_tables_and_flushes_write_them_uncompressed() {
     assert_eq!(blocks.entries, height + 1, "genesis and every block");
     assert_eq!(cf("txs").entries, 8 * 40);
     assert!(cf("nodes").entries > 8 * 40);
-    // L0 is written uncompressed. LZ4 would store these blocks in fewer
-    // bytes than they have (their names and organisation ids repeat).
+    // L0 is written uncompressed: about the raw bytes (the table format's
+    // own overhead and shared key prefixes roughly cancel). LZ4 stored
+    // these blocks in 75 % of them (their names and organisation ids repeat).
     assert!(
-        blocks.stored_bytes >= blocks.raw_bytes,
+        blocks.stored_bytes * 100 >= blocks.raw_bytes * 97,
         "flushed blocks were compressed: {blocks:?}"
     );
 }

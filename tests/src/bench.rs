@@ -241,7 +241,7 @@ const ENDED_THREADS: &str = "(ended threads)";
 
 /// CPU seconds process `pid` has used, by thread name (`comm`, at most 15
 /// characters: RocksDB's flushes run on `rocksdb:high`, its compactions on
-/// `rocksdb:low`, tokio's workers and blocking pool on `tokio-runtime-w`),
+/// `rocksdb:low`, tokio's workers and blocking pool on `tokio-rt-worker`),
 /// added into `into`. Threads that ended count under [`ENDED_THREADS`].
 pub fn add_thread_cpu_seconds(
     pid: u32,

@@ -339,7 +339,11 @@ fn print_column_families(store: &RocksLedgerStore) -> anyhow::Result<()> {
             )
         })
         .collect();
-    println!("  tables by column family: {}", rows.join("; "));
+    if rows.is_empty() {
+        println!("  tables by column family: none yet (everything is in the memtables)");
+    } else {
+        println!("  tables by column family: {}", rows.join("; "));
+    }
     Ok(())
 }
 

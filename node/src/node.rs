@@ -436,6 +436,13 @@ pub async fn start(home: &Path, config: Config) -> Result<RunningNode, NodeError
     let genesis = load_genesis(home)?;
     let store = Store::open(&home.join(DATA_DIR))?;
     let ledger = Ledger::open(store, &genesis)?;
+    if ledger.replayed_at_open() > 0 {
+        tracing::info!(
+            blocks = ledger.replayed_at_open(),
+            height = ledger.height(),
+            "executed again the stored blocks whose tree a crash lost"
+        );
+    }
     start_with(key, ledger, config).await
 }
 

@@ -54,6 +54,8 @@ pub struct Ledger<S: LedgerStore> {
     head: Header,
     /// The set that certifies block `head.height + 1`.
     validator_set: ValidatorSet,
+    /// Stored blocks executed again by [`open`](Self::open).
+    replayed_at_open: u64,
 }
 
 /// The head state, read from a store's head value index.
@@ -69,7 +71,10 @@ impl<S: LedgerStore> StateView for HeadValues<'_, S> {
 
 impl<S: LedgerStore> Ledger<S> {
     /// Opens `store`, initialising it from `genesis` when empty, and checks
-    /// a non-empty store was built from this very genesis.
+    /// a non-empty store was built from this very genesis. Certified blocks
+    /// stored beyond the head whose tree and indexes a crash lost
+    /// ([`LedgerStore::stored_head`]) are validated and committed again, so
+    /// the ledger opens at the newest durable block.
     pub fn open(mut store: S, genesis: &Genesis) -> Result<Self, LedgerError> {
         let genesis_hash = genesis.hash();
         let head_height = match store.head()? {
@@ -99,13 +104,32 @@ impl<S: LedgerStore> Ledger<S> {
             height: head_height,
         })?;
         let validator_set = TreeState::new(&store, head_height).validator_set()?;
-        Ok(Ledger {
+        let stored_head = store.stored_head()?.unwrap_or(head_height);
+        let mut ledger = Ledger {
             store,
             chain_id: genesis.chain_id.clone(),
             genesis_hash,
             head,
             validator_set,
-        })
+            replayed_at_open: 0,
+        };
+        for height in head_height + 1..=stored_head {
+            let committed = ledger
+                .committed_block(height)?
+                .ok_or(LedgerError::NotFound {
+                    what: "stored block to replay",
+                    height,
+                })?;
+            ledger.apply_committed(&committed)?;
+            ledger.replayed_at_open += 1;
+        }
+        Ok(ledger)
+    }
+
+    /// How many stored blocks [`open`](Self::open) executed again because a
+    /// crash had lost their tree and indexes (0 after a clean close).
+    pub fn replayed_at_open(&self) -> u64 {
+        self.replayed_at_open
     }
 
     pub fn chain_id(&self) -> &str {

@@ -316,3 +316,123 @@ fn column_family_sizes_count_the_tables_and_flushes_write_them_uncompressed() {
         "flushed blocks were compressed: {blocks:?}"
     );
 }
+
+/// Set in the child process of the crash test: the store's directory.
+const CRASH_CHILD_DIR: &str = "KEYREG_TEST_CRASH_CHILD_DIR";
+
+/// The crash test's blocks: registrations, then a revocation among them.
+fn crash_test_blocks(admin: &keyreg_consensus::crypto::SigningKey) -> Vec<Vec<Transaction>> {
+    let mut blocks: Vec<Vec<Transaction>> = (0..8)
+        .map(|b| (0..8).map(|i| register_acme(admin, 8 * b + i)).collect())
+        .collect();
+    let revoke = Transaction::new(CHAIN, revocation("acme/d1", Authority::Device))
+        .signed_by(&[&device_key("d1")]);
+    blocks[7].push(revoke);
+    blocks
+}
+
+/// Blocks committed before this many are flushed (pruning flushes first);
+/// the rest are only in the memtables when the child aborts.
+const FLUSHED_BLOCKS: usize = 5;
+
+/// The child's exit status: it ends without closing the store.
+const CRASHED: i32 = 86;
+
+/// The child: commits the blocks, pruning after the first
+/// [`FLUSHED_BLOCKS`], then exits without dropping anything: the store is
+/// never closed or flushed, as in a crash (the memtables die with the
+/// process; what was written to files stays, as after a kill).
+fn commit_then_crash(dir: &std::path::Path) -> ! {
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let mut env = Env {
+        ledger: open(dir, &net),
+        net: common::net(),
+    };
+    for (i, txs) in crash_test_blocks(&admin).into_iter().enumerate() {
+        if i == FLUSHED_BLOCKS {
+            assert!(env.ledger.prune(2).unwrap() > 0);
+        }
+        env.run(txs);
+    }
+    std::process::exit(CRASHED);
+}
+
+/// A crash loses the tree and indexes written since the last flush (they
+/// skip the write-ahead log) but no block: the reopened ledger executes
+/// the lost heights again and ends where an uncrashed one does, with the
+/// same headers, roots, proofs and transaction index. Pruning flushed
+/// first, so the tree its replay starts from was not pruned away.
+#[test]
+fn a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again() {
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+        commit_then_crash(std::path::Path::new(&dir));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again",
+            "--test-threads",
+            "1",
+        ])
+        .env(CRASH_CHILD_DIR, dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        child.status.code(),
+        Some(CRASHED),
+        "the child: {}\n{}",
+        child.status,
+        String::from_utf8_lossy(&child.stderr)
+    );
+
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let blocks = crash_test_blocks(&admin);
+    let mut uncrashed = env();
+    for txs in blocks.clone() {
+        uncrashed.run(txs);
+    }
+    let mut rocks = Env {
+        ledger: open(dir.path(), &net),
+        net: common::net(),
+    };
+    assert_eq!(
+        rocks.ledger.replayed_at_open(),
+        (blocks.len() - FLUSHED_BLOCKS) as u64
+    );
+    assert_eq!(rocks.ledger.head(), uncrashed.ledger.head());
+    assert_eq!(
+        rocks.ledger.validator_set(),
+        uncrashed.ledger.validator_set()
+    );
+    for height in FLUSHED_BLOCKS as u64 - 1..=blocks.len() as u64 {
+        assert_eq!(
+            rocks.ledger.state_at(height).unwrap().root().unwrap(),
+            uncrashed.ledger.header(height).unwrap().unwrap().state_root,
+            "height {height}"
+        );
+    }
+    for tx in blocks.iter().flatten() {
+        assert_eq!(
+            rocks.ledger.tx_location(&tx.hash()).unwrap(),
+            uncrashed.ledger.tx_location(&tx.hash()).unwrap()
+        );
+    }
+    assert_index_matches_tree(&rocks.ledger);
+    let proof = rocks.ledger.device_proof(&name("acme/d1")).unwrap();
+    let record = verify_device_proof(CHAIN, rocks.ledger.validator_set(), &proof)
+        .unwrap()
+        .unwrap();
+    assert!(!record.is_active());
+
+    // The ledger goes on from there, and a clean close loses nothing.
+    let txs = vec![register_acme(&admin, 100)];
+    rocks.run(txs.clone());
+    uncrashed.run(txs);
+    drop(rocks);
+    let reopened = open(dir.path(), &net);
+    assert_eq!(reopened.replayed_at_open(), 0);
+    assert_eq!(reopened.head(), uncrashed.ledger.head());
+}

@@ -3,9 +3,12 @@
 //!
 //! [`LedgerStore::write_block`] is the one way a block enters a store: the
 //! block, its certificate, its tree nodes and stale-node index entries, its
-//! transaction-index entries, its head value index entries and the new head
-//! go in one atomic write, so a crash leaves either the old head or the new
-//! one, never a mixture.
+//! transaction-index entries, its head value index entries and the new head.
+//! A crash never leaves a mixture of two heads: the in-memory store writes
+//! them at once; the RocksDB store makes the block durable first and its
+//! derived data (tree, indexes) afterwards, lost in a crash back to a
+//! consistent earlier height, and [`LedgerStore::stored_head`] tells
+//! [`Ledger::open`](crate::Ledger::open) which blocks to execute again.
 //!
 //! The head value index holds every state key's value at the head version,
 //! beside the tree: execution reads a record with one point read instead of
@@ -68,8 +71,16 @@ impl Canonical for TxLocation {
 /// A ledger's durable state. Implementations: [`MemLedgerStore`] and, with
 /// feature `rocksdb`, `RocksLedgerStore`.
 pub trait LedgerStore: NodeReader {
-    /// Height of the newest block (0: genesis only); `None` for an empty store.
+    /// Height of the newest block whose tree and indexes are stored (0:
+    /// genesis only); `None` for an empty store.
     fn head(&self) -> Result<Option<u64>, StoreError>;
+    /// Height of the newest durable block, `>= head`. Above `head` are
+    /// certified blocks stored before a crash took their derived data
+    /// (tree nodes, indexes); [`Ledger::open`](crate::Ledger::open) executes
+    /// them again and writes them with [`write_block`](Self::write_block).
+    fn stored_head(&self) -> Result<Option<u64>, StoreError> {
+        self.head()
+    }
     /// The genesis hash the store was initialised with.
     fn genesis_hash(&self) -> Result<Option<Hash>, StoreError>;
     fn header(&self, height: u64) -> Result<Option<Header>, StoreError>;

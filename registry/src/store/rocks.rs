@@ -13,7 +13,18 @@
 //! | `values`  | state key (32 bytes)             | the value at the head       |
 //! | `meta`    | `keyreg/…` (ours), `node/…` (the node's) | bytes               |
 //!
-//! Every write is one `WriteBatch` written with `sync = true`.
+//! A block is two writes. The first holds what only the network can give
+//! back (the block, its header and certificate, the new head) and is synced
+//! to the write-ahead log. The second holds what can be computed again from
+//! those blocks (tree nodes, the stale index, the head value and transaction
+//! indexes, and `keyreg/tree-height`, the height they match) and skips the
+//! log: most of a block's bytes are tree nodes, and logging them was a copy,
+//! a checksum and a sync of several megabytes per block. Flushes are atomic
+//! across the column families, so a crash leaves the unlogged families at
+//! one earlier height, never a mixture; [`LedgerStore::stored_head`] says
+//! which blocks to execute again (see `Ledger::open`). Every other write
+//! (genesis, pruning, the node's metadata) is one `WriteBatch` synced to
+//! the log.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,7 +34,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 
 use super::top_nodes::TopNodes;
@@ -50,6 +61,9 @@ const META_GENESIS: &[u8] = b"keyreg/genesis";
 const META_OLDEST_TREE: &[u8] = b"keyreg/oldest-tree-version";
 /// The height the head value index (`values`) matches.
 const META_VALUES_HEIGHT: &[u8] = b"keyreg/head-values-height";
+/// The height the tree nodes and indexes match (unlogged, see the module
+/// docs); a store written before it existed logged them with the block.
+const META_TREE_HEIGHT: &[u8] = b"keyreg/tree-height";
 const NODE_META_PREFIX: &[u8] = b"node/";
 /// Stale nodes deleted per write batch while pruning, about (bounds memory).
 const PRUNE_CHUNK: usize = 10_000;
@@ -224,7 +238,10 @@ fn table_property(properties: &str, field: &str) -> Result<u64, StoreError> {
 
 pub struct RocksLedgerStore {
     db: DB,
+    /// The height the tree and indexes match.
     head: Option<u64>,
+    /// The newest durable block (`>= head`).
+    stored_head: Option<u64>,
     /// Whether `values` matches the head (see [`LedgerStore::has_head_index`]).
     head_index: bool,
     /// The head tree's top levels, in memory.
@@ -237,6 +254,8 @@ impl RocksLedgerStore {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // The unlogged families must reach the disk together (module docs).
+        opts.set_atomic_flush(true);
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
         let cfs = COLUMN_FAMILIES
             .iter()
@@ -245,13 +264,34 @@ impl RocksLedgerStore {
         let mut store = RocksLedgerStore {
             db,
             head: None,
+            stored_head: None,
             head_index: false,
             top: TopNodes::default(),
         };
-        store.head = store
+        store.stored_head = store
             .get(CF_META, META_HEAD)?
             .map(|b| decode_u64("head", &b))
             .transpose()?;
+        store.head = match (store.stored_head, store.get(CF_META, META_TREE_HEIGHT)?) {
+            (None, _) => None,
+            (Some(stored), Some(tree)) => {
+                let tree = decode_u64("tree height", &tree)?;
+                if tree > stored {
+                    return Err(StoreError::Backend(format!(
+                        "tree height {tree} is above the newest stored block {stored}"
+                    )));
+                }
+                Some(tree)
+            }
+            (Some(stored), None) => {
+                // Written before the tree went unlogged: it matches the
+                // head. Logged now, before an unlogged write can follow.
+                let mut batch = WriteBatch::default();
+                batch.put_cf(store.cf(CF_META)?, META_TREE_HEIGHT, height_key(stored));
+                store.write(batch)?;
+                Some(stored)
+            }
+        };
         let values_height = store
             .get(CF_META, META_VALUES_HEIGHT)?
             .map(|b| decode_u64("head values height", &b))
@@ -308,10 +348,31 @@ impl RocksLedgerStore {
             .transpose()
     }
 
+    /// Writes `batch` synced to the write-ahead log.
     fn write(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(backend)
+    }
+
+    /// Writes `batch` without the write-ahead log: it reaches the disk with
+    /// the next (atomic) flush, or is lost in a crash before it.
+    fn write_unlogged(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(true);
+        self.db.write_opt(batch, &opts).map_err(backend)
+    }
+
+    /// Flushes every column family's memtables together, so everything
+    /// written unlogged so far is on disk.
+    fn flush_all(&self) -> Result<(), StoreError> {
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.db
+            .flush_cfs_opt(&cfs, &FlushOptions::default())
+            .map_err(backend)
     }
 
     /// Adds an encoded tree update to `batch`.
@@ -406,6 +467,10 @@ impl LedgerStore for RocksLedgerStore {
         Ok(self.head)
     }
 
+    fn stored_head(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self.stored_head)
+    }
+
     fn genesis_hash(&self) -> Result<Option<Hash>, StoreError> {
         self.get(CF_META, META_GENESIS)?
             .map(|b| {
@@ -462,9 +527,11 @@ impl LedgerStore for RocksLedgerStore {
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
         batch.put_cf(meta, META_HEAD, height_key(0));
+        batch.put_cf(meta, META_TREE_HEIGHT, height_key(0));
         self.write(batch)?;
         self.top.apply(tree);
         self.head = Some(0);
+        self.stored_head = Some(0);
         Ok(())
     }
 
@@ -479,9 +546,26 @@ impl LedgerStore for RocksLedgerStore {
         check_append(self.head, committed, &tree, results, tx_hashes)?;
         let block = &committed.block;
         let height = block.header.height;
-        let block_bytes = block.to_bytes();
-        let header_bytes = block.header.to_bytes();
-        let certificate_bytes = committed.certificate.to_bytes();
+        // Logged and synced first: a flush never holds a block's tree
+        // without the block. A block at or below the stored head is one
+        // being executed again after a crash; it is already durable.
+        if self.stored_head.is_none_or(|stored| height > stored) {
+            let block_bytes = block.to_bytes();
+            let header_bytes = block.header.to_bytes();
+            let certificate_bytes = committed.certificate.to_bytes();
+            let mut batch = WriteBatch::with_capacity_bytes(
+                block_bytes.len()
+                    + header_bytes.len()
+                    + certificate_bytes.len()
+                    + SMALL_RECORDS * record_bytes(32, 0),
+            );
+            batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
+            batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);
+            batch.put_cf(self.cf(CF_CERTS)?, height_key(height), certificate_bytes);
+            batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
+            self.write(batch)?;
+            self.stored_head = Some(height);
+        }
         let encoded_tree = EncodedTree::new(&tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
         // Sized up front: a block's batch is megabytes, and growing it by
@@ -495,25 +579,19 @@ impl LedgerStore for RocksLedgerStore {
             .map(|(_, location)| record_bytes(32, location.len()))
             .sum();
         let mut batch = WriteBatch::with_capacity_bytes(
-            block_bytes.len()
-                + header_bytes.len()
-                + certificate_bytes.len()
-                + encoded_tree.bytes()
+            encoded_tree.bytes()
                 + values_bytes
                 + tx_index_bytes
                 + SMALL_RECORDS * record_bytes(32, 0),
         );
-        batch.put_cf(self.cf(CF_BLOCKS)?, height_key(height), block_bytes);
-        batch.put_cf(self.cf(CF_HEADERS)?, height_key(height), header_bytes);
-        batch.put_cf(self.cf(CF_CERTS)?, height_key(height), certificate_bytes);
         self.add_tree_batch(&mut batch, encoded_tree)?;
         self.add_head_values(&mut batch, height, changes)?;
         let txs = self.cf(CF_TXS)?;
         for (hash, location) in tx_index {
             batch.put_cf(txs, hash, location);
         }
-        batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
-        self.write(batch)?;
+        batch.put_cf(self.cf(CF_META)?, META_TREE_HEIGHT, height_key(height));
+        self.write_unlogged(batch)?;
         self.top.apply(tree);
         self.head = Some(height);
         Ok(())
@@ -560,6 +638,12 @@ impl LedgerStore for RocksLedgerStore {
                 }
                 batch.delete_cf(stale, key);
                 chunk += keys.len();
+            }
+            if chunk > 0 && deleted == 0 {
+                // The deletes are logged, the tree written since the last
+                // flush is not: a crash must not leave a height to execute
+                // again whose tree is already pruned.
+                self.flush_all()?;
             }
             deleted += chunk as u64;
             if done {

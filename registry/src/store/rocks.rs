@@ -144,27 +144,25 @@ fn record_bytes(key_len: usize, value_len: usize) -> usize {
 /// bytes each, with a margin.
 const SMALL_RECORDS: usize = 8;
 
-/// A tree update encoded for the `nodes` and `stale` column families. New
-/// nodes go in ascending key order: a block's node keys all start with its
-/// version, the highest stored, so in that order they are appends at the
-/// end of the memtable's skip list, where RocksDB's sequential-insert hint
-/// finds each position in a step or two instead of a search from the top.
-/// The nodes a version made stale are one `stale` entry under that version
-/// (one insert per block instead of one per node, about a third of a
-/// block's records).
-struct EncodedTree {
-    nodes: Vec<(Vec<u8>, Vec<u8>)>,
+/// A tree update's records for the `nodes` and `stale` column families.
+/// New nodes go in ascending key order (`NodeKey`'s order is its bytes'
+/// order). A block's node keys all start with its version, the highest
+/// stored, so in that order they are appends at the end of the memtable's
+/// skip list, where RocksDB's sequential-insert hint finds each position in
+/// a step or two instead of a search from the top. Each is encoded straight
+/// into the write batch through two reused buffers, not into allocations of
+/// its own. The nodes a version made stale are one `stale` entry under that
+/// version (one insert per block instead of one per node, about a third of
+/// a block's records).
+struct TreeRecords<'t> {
+    nodes: &'t [(NodeKey, Node)],
     stale: Vec<([u8; 8], Vec<u8>)>,
 }
 
-impl EncodedTree {
-    fn new(tree: &TreeBatch) -> Self {
-        let mut nodes: Vec<(Vec<u8>, Vec<u8>)> = tree
-            .new_nodes
-            .iter()
-            .map(|(key, node)| (key.to_bytes(), node.to_bytes()))
-            .collect();
-        nodes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+impl<'t> TreeRecords<'t> {
+    /// Sorts `tree`'s new nodes by key and encodes its stale index entries.
+    fn new(tree: &'t mut TreeBatch) -> Self {
+        tree.new_nodes.sort_unstable_by_key(|(key, _)| *key);
         // A tree update's stale nodes are all stale since its own version;
         // grouping keeps the encoding right for any batch.
         let mut by_version: BTreeMap<u64, Vec<&NodeKey>> = BTreeMap::new();
@@ -178,7 +176,10 @@ impl EncodedTree {
             .into_iter()
             .map(|(version, keys)| (height_key(version), NodeKey::list_to_bytes(keys)))
             .collect();
-        EncodedTree { nodes, stale }
+        TreeRecords {
+            nodes: &tree.new_nodes,
+            stale,
+        }
     }
 
     /// The update's size in a write batch, at most.
@@ -186,7 +187,7 @@ impl EncodedTree {
         let nodes: usize = self
             .nodes
             .iter()
-            .map(|(key, node)| record_bytes(key.len(), node.len()))
+            .map(|(key, node)| record_bytes(key.encoded_len(), node.encoded_len()))
             .sum();
         let stale: usize = self
             .stale
@@ -375,11 +376,16 @@ impl RocksLedgerStore {
             .map_err(backend)
     }
 
-    /// Adds an encoded tree update to `batch`.
-    fn add_tree_batch(&self, batch: &mut WriteBatch, tree: EncodedTree) -> Result<(), StoreError> {
+    /// Adds a tree update's records to `batch`.
+    fn add_tree_batch(&self, batch: &mut WriteBatch, tree: TreeRecords) -> Result<(), StoreError> {
         let nodes = self.cf(CF_NODES)?;
+        let (mut key_bytes, mut node_bytes) = (Vec::new(), Vec::new());
         for (key, node) in tree.nodes {
-            batch.put_cf(nodes, key, node);
+            key_bytes.clear();
+            key.write_bytes(&mut key_bytes);
+            node_bytes.clear();
+            node.write_bytes(&mut node_bytes);
+            batch.put_cf(nodes, &key_bytes, &node_bytes);
         }
         let stale = self.cf(CF_STALE)?;
         for (version, list) in tree.stale {
@@ -389,7 +395,7 @@ impl RocksLedgerStore {
     }
 
     /// The block's new transaction index entries, in hash order (see
-    /// [`EncodedTree`]), looked up with one batched read. The first commit
+    /// [`TreeRecords`]), looked up with one batched read. The first commit
     /// of a hash wins; a later copy was a rejected replay.
     fn tx_index_entries(
         &self,
@@ -508,7 +514,7 @@ impl LedgerStore for RocksLedgerStore {
         &mut self,
         genesis_hash: &Hash,
         header: &Header,
-        tree: TreeBatch,
+        mut tree: TreeBatch,
         state: &StateChanges,
     ) -> Result<(), StoreError> {
         if self.head.is_some() || header.height != 0 || tree.version != 0 {
@@ -522,7 +528,7 @@ impl LedgerStore for RocksLedgerStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
-        self.add_tree_batch(&mut batch, EncodedTree::new(&tree))?;
+        self.add_tree_batch(&mut batch, TreeRecords::new(&mut tree))?;
         self.add_head_values(&mut batch, 0, state)?;
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
@@ -538,7 +544,7 @@ impl LedgerStore for RocksLedgerStore {
     fn write_block(
         &mut self,
         committed: &CommittedBlock,
-        tree: TreeBatch,
+        mut tree: TreeBatch,
         changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
@@ -566,7 +572,7 @@ impl LedgerStore for RocksLedgerStore {
             self.write(batch)?;
             self.stored_head = Some(height);
         }
-        let encoded_tree = EncodedTree::new(&tree);
+        let tree_records = TreeRecords::new(&mut tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
         // Sized up front: a block's batch is megabytes, and growing it by
         // doubling copies it and touches fresh pages each time.
@@ -579,12 +585,12 @@ impl LedgerStore for RocksLedgerStore {
             .map(|(_, location)| record_bytes(32, location.len()))
             .sum();
         let mut batch = WriteBatch::with_capacity_bytes(
-            encoded_tree.bytes()
+            tree_records.bytes()
                 + values_bytes
                 + tx_index_bytes
                 + SMALL_RECORDS * record_bytes(32, 0),
         );
-        self.add_tree_batch(&mut batch, encoded_tree)?;
+        self.add_tree_batch(&mut batch, tree_records)?;
         self.add_head_values(&mut batch, height, changes)?;
         let txs = self.cf(CF_TXS)?;
         for (hash, location) in tx_index {
@@ -707,24 +713,23 @@ mod tests {
             stale_since_version: 7,
             node_key: NodeKey::root(version),
         };
-        let tree = TreeBatch {
+        let mut tree = TreeBatch {
             version: 7,
             root: Hash([1; 32]),
             new_nodes: Vec::new(),
             stale_nodes: vec![stale(6), stale(4)],
         };
-        let encoded = EncodedTree::new(&tree);
         assert_eq!(
-            encoded.stale,
+            TreeRecords::new(&mut tree).stale,
             vec![(
                 height_key(7),
                 NodeKey::list_to_bytes(&[NodeKey::root(6), NodeKey::root(4)])
             )]
         );
-        let none = TreeBatch {
+        let mut none = TreeBatch {
             stale_nodes: Vec::new(),
             ..tree
         };
-        assert!(EncodedTree::new(&none).stale.is_empty());
+        assert!(TreeRecords::new(&mut none).stale.is_empty());
     }
 }

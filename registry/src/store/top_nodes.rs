@@ -1,31 +1,62 @@
 //! The head tree's top levels, held in memory (see [`TopNodes`]).
 
-use std::collections::HashMap;
-
-use crate::tree::{read_child, Node, NodeKey, NodeReader, TreeBatch, TreeError};
+use crate::tree::{read_child, NibblePath, Node, NodeKey, NodeReader, TreeBatch, TreeError};
 
 /// Nodes at paths of at most this many nibbles are held.
+/// (Four levels took 50 MB at 10^7 devices and measured no faster:
+/// docs/benchmarks.md, sessions 18 and 19.)
 const TOP_DEPTH: usize = 3;
 
 /// Node positions at paths of at most [`TOP_DEPTH`] nibbles (1 + 16 + 256 +
 /// 4096): the most the map holds, about 3.5 MB of internal nodes.
-const TOP_POSITIONS: usize = 4369;
+const TOP_POSITIONS: usize = positions_up_to(TOP_DEPTH);
+
+const fn positions_up_to(depth: usize) -> usize {
+    let (mut total, mut level, mut d) = (0, 1, 0);
+    while d <= depth {
+        total += level;
+        level *= 16;
+        d += 1;
+    }
+    total
+}
 
 /// The internal nodes of the head version's tree at paths of at most
 /// [`TOP_DEPTH`] nibbles. Every tree update walks down through them again
 /// (a block of a few thousand updates rewrites nearly all of them), and so
 /// does every proof: from the store each such read is a memtable or table
-/// search and a decode, here a hash look-up and a copy. Nodes are immutable
-/// under their key, so a hit is always what the store holds. An update
-/// drops the nodes it made stale, so the map holds the head's nodes only, at
-/// most one per position; reads of older versions go to the store.
-#[derive(Debug, Default)]
+/// search and a decode, here an index and a copy. Nodes are immutable under
+/// their key, so a hit is always what the store holds. The head's tree has
+/// at most one node per position, so each position has one slot (level by
+/// level, nibbles in order: no hashing); an update empties the slots of the
+/// nodes it made stale before it fills those of its new nodes, and reads of
+/// older versions miss (the slot's key differs) and go to the store.
+#[derive(Debug)]
 pub(super) struct TopNodes {
-    nodes: HashMap<NodeKey, Node>,
+    slots: Box<[Option<(NodeKey, Node)>]>,
+}
+
+impl Default for TopNodes {
+    fn default() -> Self {
+        TopNodes {
+            slots: vec![None; TOP_POSITIONS].into_boxed_slice(),
+        }
+    }
 }
 
 fn is_top(key: &NodeKey, node: &Node) -> bool {
     key.path.len() <= TOP_DEPTH && matches!(node, Node::Internal(_))
+}
+
+/// The slot of the position `path`, if it is within [`TOP_DEPTH`]: the
+/// positions of the levels above it, then its nibbles as a number.
+fn slot_of(path: &NibblePath) -> Option<usize> {
+    let depth = path.len();
+    if depth > TOP_DEPTH {
+        return None;
+    }
+    let within = (0..depth).fold(0, |index, i| index * 16 + usize::from(path.nibble(i)));
+    Some(positions_up_to(depth) - 16usize.pow(depth as u32) + within)
 }
 
 impl TopNodes {
@@ -55,49 +86,53 @@ impl TopNodes {
                     pending.push((child_key, read_child(reader, &child_key, child)?));
                 }
             }
-            top.nodes.insert(key, node);
-            assert!(
-                top.nodes.len() <= TOP_POSITIONS,
-                "more top nodes than positions"
-            );
+            top.fill(key, node);
         }
         Ok(top)
     }
 
-    pub(super) fn get(&self, key: &NodeKey) -> Option<&Node> {
-        // Most reads are of deeper keys: no need to hash them.
-        if key.path.len() > TOP_DEPTH {
-            return None;
+    /// Puts a top node in its (empty) slot.
+    fn fill(&mut self, key: NodeKey, node: Node) {
+        let slot = slot_of(&key.path).and_then(|index| self.slots.get_mut(index));
+        // A batch that left a replaced node unmarked would break this (and
+        // pruning, which relies on the same marks).
+        assert!(
+            slot.as_ref().is_some_and(|slot| slot.is_none()),
+            "top position {:?} is taken or too deep: a tree update left a replaced node unmarked",
+            key.path
+        );
+        if let Some(slot) = slot {
+            *slot = Some((key, node));
         }
-        self.nodes.get(key)
+    }
+
+    pub(super) fn get(&self, key: &NodeKey) -> Option<&Node> {
+        let (held, node) = self.slots.get(slot_of(&key.path)?)?.as_ref()?;
+        (held == key).then_some(node)
     }
 
     /// Follows the head to the version `batch` wrote (once it is stored).
     pub(super) fn apply(&mut self, batch: TreeBatch) {
-        // Most stale nodes are deeper than the map reaches.
         for stale in &batch.stale_nodes {
-            if stale.node_key.path.len() <= TOP_DEPTH {
-                self.nodes.remove(&stale.node_key);
+            if let Some(slot) = slot_of(&stale.node_key.path).and_then(|i| self.slots.get_mut(i)) {
+                if slot
+                    .as_ref()
+                    .is_some_and(|(held, _)| *held == stale.node_key)
+                {
+                    *slot = None;
+                }
             }
         }
-        self.nodes.extend(
-            batch
-                .new_nodes
-                .into_iter()
-                .filter(|(key, node)| is_top(key, node)),
-        );
-        // A batch that left a replaced node unmarked would break this (and
-        // pruning, which relies on the same marks).
-        assert!(
-            self.nodes.len() <= TOP_POSITIONS,
-            "{} top nodes for {TOP_POSITIONS} positions: a tree update left a replaced node unmarked",
-            self.nodes.len()
-        );
+        for (key, node) in batch.new_nodes {
+            if is_top(&key, &node) {
+                self.fill(key, node);
+            }
+        }
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.nodes.len()
+        self.slots.iter().flatten().count()
     }
 }
 
@@ -149,11 +184,10 @@ mod tests {
                 store.write(&batch);
                 top.apply(batch);
                 let loaded = TopNodes::load(&store, version).unwrap();
-                prop_assert_eq!(&top.nodes, &loaded.nodes);
-                for (key, node) in &top.nodes {
+                prop_assert_eq!(&top.slots, &loaded.slots);
+                for (key, node) in top.slots.iter().flatten() {
                     prop_assert_eq!(store.get_node(key).unwrap(), Some(node.clone()));
                 }
-                prop_assert!(top.len() <= TOP_POSITIONS);
             }
         }
     }
@@ -193,19 +227,39 @@ mod tests {
     }
 
     #[test]
-    fn a_large_tree_fills_every_position_and_no_more() {
+    #[should_panic(expected = "left a replaced node unmarked")]
+    fn a_new_top_node_over_an_unmarked_one_is_refused() {
         let mut store = MemNodeStore::new();
-        let updates: Vec<Update> = (0u32..200_000)
-            .map(|i| {
-                let key = keyreg_consensus::crypto::hash(
-                    keyreg_consensus::crypto::Domain::Transaction,
-                    &i.to_be_bytes(),
-                );
-                (key, Some(vec![1]))
-            })
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
+        let updates: Vec<Update> = (0u8..=255)
+            .map(|i| (Hash([i; 32]), Some(vec![i])))
             .collect();
+        let first = StateTree::new(&store).apply(None, 1, &updates).unwrap();
+        store.write(&first);
+        let mut top = TopNodes::load(&store, 1).unwrap();
+        let mut second = StateTree::new(&store)
+            .apply(Some(1), 2, &[(Hash([7; 32]), Some(vec![0]))])
+            .unwrap();
+        second.stale_nodes.clear();
+        top.apply(second);
+    }
+
+    #[test]
+    fn a_large_tree_fills_every_position_and_no_more() {
+        assert_eq!(positions_up_to(3), 4369);
+        // Two keys under every position at depth TOP_DEPTH, differing in
+        // the next nibble: every position down to that depth is internal.
+        let bits = 4 * TOP_DEPTH;
+        let updates: Vec<Update> = (0u32..1 << bits)
+            .flat_map(|position| {
+                [0u32, 1].map(|next| {
+                    let mut key = [0u8; 32];
+                    let prefix = (position << 4 | next) << (32 - bits - 4);
+                    key[..4].copy_from_slice(&prefix.to_be_bytes());
+                    (Hash(key), Some(vec![1]))
+                })
+            })
+            .collect();
+        let mut store = MemNodeStore::new();
         let batch = StateTree::new(&store).apply(None, 1, &updates).unwrap();
         store.write(&batch);
         let top = TopNodes::load(&store, 1).unwrap();

@@ -171,13 +171,20 @@ impl NodeKey {
 
     /// `version` (8 bytes big-endian) || nibble count (1 byte) || nibbles
     /// packed two per byte (odd count: low half of the last byte is zero).
+    /// Byte order of these encodings is the keys' order (`Ord`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + self.path.packed().len());
+        let mut out = Vec::with_capacity(self.encoded_len());
         self.write_bytes(&mut out);
         out
     }
 
-    fn write_bytes(&self, out: &mut Vec<u8>) {
+    /// The length of [`to_bytes`](Self::to_bytes).
+    pub fn encoded_len(&self) -> usize {
+        9 + self.path.packed().len()
+    }
+
+    /// Appends [`to_bytes`](Self::to_bytes) to `out`.
+    pub fn write_bytes(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.version.to_be_bytes());
         out.push(self.path.len);
         out.extend_from_slice(self.path.packed());
@@ -470,10 +477,25 @@ impl Node {
     ///   child in nibble order its version (u64 LE) and hash (32 bytes);
     /// * leaf: key (32 bytes), value length (u32 LE), value.
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.write_bytes(&mut out);
+        out
+    }
+
+    /// The length of [`to_bytes`](Self::to_bytes).
+    pub fn encoded_len(&self) -> usize {
         match self {
-            Node::Empty => vec![NODE_FORMAT_VERSION, KIND_EMPTY],
+            Node::Empty => 2,
+            Node::Internal(internal) => 6 + CHILD_LEN * internal.children.len(),
+            Node::Leaf(leaf) => 38 + leaf.value.len(),
+        }
+    }
+
+    /// Appends [`to_bytes`](Self::to_bytes) to `out`.
+    pub fn write_bytes(&self, out: &mut Vec<u8>) {
+        match self {
+            Node::Empty => out.extend_from_slice(&[NODE_FORMAT_VERSION, KIND_EMPTY]),
             Node::Internal(internal) => {
-                let mut out = Vec::with_capacity(6 + CHILD_LEN * internal.children.len());
                 out.extend_from_slice(&[NODE_FORMAT_VERSION, KIND_INTERNAL]);
                 out.extend_from_slice(&internal.existence.to_le_bytes());
                 out.extend_from_slice(&internal.leaves.to_le_bytes());
@@ -481,16 +503,13 @@ impl Node {
                     out.extend_from_slice(&child.version.to_le_bytes());
                     out.extend_from_slice(&child.hash.0);
                 }
-                out
             }
             Node::Leaf(leaf) => {
-                let mut out = Vec::with_capacity(38 + leaf.value.len());
                 out.extend_from_slice(&[NODE_FORMAT_VERSION, KIND_LEAF]);
                 out.extend_from_slice(&leaf.key.0);
                 // Leaves are built only from values within MAX_VALUE_LEN.
                 out.extend_from_slice(&(leaf.value.len() as u32).to_le_bytes());
                 out.extend_from_slice(&leaf.value);
-                out
             }
         }
     }

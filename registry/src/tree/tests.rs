@@ -752,3 +752,34 @@ fn a_byte_encoded_store_matches_the_memory_store() {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A store encodes nodes into reused buffers sized by `encoded_len`, and
+    /// writes a batch's keys sorted by `NodeKey`'s order as if by their
+    /// bytes (RocksDB's order): both must agree with `to_bytes`.
+    #[test]
+    fn encoded_lengths_and_key_order_match_the_bytes(
+        first in entries_strategy(80),
+        second in entries_strategy(40),
+    ) {
+        let mut store = MemNodeStore::new();
+        let one = StateTree::new(&store).apply(None, 1, &inserts(&first)).unwrap();
+        store.write(&one);
+        let two = StateTree::new(&store).apply(Some(1), 256, &inserts(&second)).unwrap();
+        let mut nodes: Vec<&(NodeKey, Node)> = one.new_nodes.iter().chain(&two.new_nodes).collect();
+        for (key, node) in &nodes {
+            prop_assert_eq!(key.encoded_len(), key.to_bytes().len());
+            prop_assert_eq!(node.encoded_len(), node.to_bytes().len());
+            let mut out = b"prefix".to_vec();
+            node.write_bytes(&mut out);
+            prop_assert_eq!(&out[6..], &node.to_bytes()[..]);
+        }
+        nodes.sort_by_key(|(key, _)| *key);
+        let by_key: Vec<Vec<u8>> = nodes.iter().map(|(key, _)| key.to_bytes()).collect();
+        let mut by_bytes = by_key.clone();
+        by_bytes.sort();
+        prop_assert_eq!(by_key, by_bytes);
+    }
+}

@@ -54,9 +54,9 @@ pub use records::{
     ValidatorInfo,
 };
 pub use state::{RecordReader, StateError, StateView};
-#[cfg(feature = "rocksdb")]
-pub use store::RocksLedgerStore;
 pub use store::{LedgerStore, MemLedgerStore, StoreError, TxLocation};
+#[cfg(feature = "rocksdb")]
+pub use store::{RocksLedgerStore, FLUSH_EVERY_BLOCKS};
 pub use tree_state::TreeState;
 pub use tx::{
     check_stateless_all, check_stateless_unless, proof_of_possession_message, Authority,

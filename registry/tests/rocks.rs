@@ -338,6 +338,23 @@ const FLUSHED_BLOCKS: usize = 5;
 /// The child's exit status: it ends without closing the store.
 const CRASHED: i32 = 86;
 
+/// Runs `test` of this binary in a child process that finds its store
+/// directory `dir` in [`CRASH_CHILD_DIR`] and ends with [`CRASHED`].
+fn run_crash_child(test: &str, dir: &std::path::Path) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads", "1"])
+        .env(CRASH_CHILD_DIR, dir)
+        .output()
+        .unwrap();
+    assert_eq!(
+        child.status.code(),
+        Some(CRASHED),
+        "the child: {}\n{}",
+        child.status,
+        String::from_utf8_lossy(&child.stderr)
+    );
+}
+
 /// The child: commits the blocks, pruning after the first
 /// [`FLUSHED_BLOCKS`], then exits without dropping anything: the store is
 /// never closed or flushed, as in a crash (the memtables die with the
@@ -369,24 +386,10 @@ fn a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again() {
         commit_then_crash(std::path::Path::new(&dir));
     }
     let dir = tempfile::tempdir().unwrap();
-    let child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again",
-            "--test-threads",
-            "1",
-        ])
-        .env(CRASH_CHILD_DIR, dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(
-        child.status.code(),
-        Some(CRASHED),
-        "the child: {}\n{}",
-        child.status,
-        String::from_utf8_lossy(&child.stderr)
+    run_crash_child(
+        "a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again",
+        dir.path(),
     );
-
     let net = net();
     let admin = net.admin("acme").clone();
     let blocks = crash_test_blocks(&admin);
@@ -435,4 +438,33 @@ fn a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again() {
     let reopened = open(dir.path(), &net);
     assert_eq!(reopened.replayed_at_open(), 0);
     assert_eq!(reopened.head(), uncrashed.ledger.head());
+}
+
+/// At low load the memtables take thousands of blocks to fill; every
+/// `FLUSH_EVERY_BLOCKS` heights a flush starts anyway, so a crash executes
+/// again only the blocks since.
+#[test]
+fn a_crash_after_many_small_blocks_executes_again_only_those_since_the_periodic_flush() {
+    let blocks = keyreg_registry::FLUSH_EVERY_BLOCKS + 3;
+    let net = net();
+    let admin = net.admin("acme").clone();
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+        let mut env = Env {
+            ledger: open(std::path::Path::new(&dir), &net),
+            net: common::net(),
+        };
+        for i in 0..blocks {
+            env.run(vec![register_acme(&admin, i as usize)]);
+        }
+        env.ledger.store().wait_for_background_work().unwrap();
+        std::process::exit(CRASHED);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    run_crash_child(
+        "a_crash_after_many_small_blocks_executes_again_only_those_since_the_periodic_flush",
+        dir.path(),
+    );
+    let ledger = open(dir.path(), &net);
+    assert_eq!(ledger.replayed_at_open(), 3);
+    assert_eq!(ledger.height(), blocks);
 }

@@ -37,7 +37,7 @@ use crate::tree::{NodeReader, TreeBatch};
 
 pub use mem::MemLedgerStore;
 #[cfg(feature = "rocksdb")]
-pub use rocks::RocksLedgerStore;
+pub use rocks::{RocksLedgerStore, FLUSH_EVERY_BLOCKS};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum StoreError {

@@ -34,7 +34,7 @@ use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    FlushOptions, IteratorMode, Options, WaitForCompactOptions, WriteBatch, WriteOptions, DB,
 };
 
 use super::top_nodes::TopNodes;
@@ -65,6 +65,12 @@ const META_VALUES_HEIGHT: &[u8] = b"keyreg/head-values-height";
 /// docs); a store written before it existed logged them with the block.
 const META_TREE_HEIGHT: &[u8] = b"keyreg/tree-height";
 const NODE_META_PREFIX: &[u8] = b"node/";
+/// Every this many heights a block's write also starts a flush (not waited
+/// for), so a crash executes again at most about this many blocks even
+/// when the memtables fill slowly (a few kilobytes of tree per block at
+/// low load; without it, until 64 MiB). Under load memtables fill and
+/// flush far more often than this.
+pub const FLUSH_EVERY_BLOCKS: u64 = 256;
 /// Stale nodes deleted per write batch while pruning, about (bounds memory).
 const PRUNE_CHUNK: usize = 10_000;
 /// Block cache shared by every column family (data, index and filter
@@ -365,14 +371,22 @@ impl RocksLedgerStore {
     }
 
     /// Flushes every column family's memtables together, so everything
-    /// written unlogged so far is on disk.
-    fn flush_all(&self) -> Result<(), StoreError> {
+    /// written unlogged so far reaches the disk; `wait`: before returning.
+    fn flush_all(&self, wait: bool) -> Result<(), StoreError> {
         let cfs = COLUMN_FAMILIES
             .iter()
             .map(|name| self.cf(name))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut opts = FlushOptions::default();
+        opts.set_wait(wait);
+        self.db.flush_cfs_opt(&cfs, &opts).map_err(backend)
+    }
+
+    /// Waits until the flushes and compactions running in the background
+    /// finish (for tests and tools that need the disk settled).
+    pub fn wait_for_background_work(&self) -> Result<(), StoreError> {
         self.db
-            .flush_cfs_opt(&cfs, &FlushOptions::default())
+            .wait_for_compact(&WaitForCompactOptions::default())
             .map_err(backend)
     }
 
@@ -598,6 +612,9 @@ impl LedgerStore for RocksLedgerStore {
         }
         batch.put_cf(self.cf(CF_META)?, META_TREE_HEIGHT, height_key(height));
         self.write_unlogged(batch)?;
+        if height.is_multiple_of(FLUSH_EVERY_BLOCKS) {
+            self.flush_all(false)?;
+        }
         self.top.apply(tree);
         self.head = Some(height);
         Ok(())
@@ -649,7 +666,7 @@ impl LedgerStore for RocksLedgerStore {
                 // The deletes are logged, the tree written since the last
                 // flush is not: a crash must not leave a height to execute
                 // again whose tree is already pruned.
-                self.flush_all()?;
+                self.flush_all(true)?;
             }
             deleted += chunk as u64;
             if done {

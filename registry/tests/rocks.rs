@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use keyreg_consensus::codec::Canonical;
 use keyreg_registry::{
     verify_device_proof, Authority, Ledger, LedgerError, LedgerStore, RocksLedgerStore, Transaction,
 };
@@ -396,6 +397,45 @@ fn a_crash_loses_no_block_and_reopening_executes_the_unflushed_ones_again() {
     let mut uncrashed = env();
     for txs in blocks.clone() {
         uncrashed.run(txs);
+    }
+    // Below the stored head, the store takes only the block it holds.
+    {
+        let mut store = RocksLedgerStore::open(dir.path()).unwrap();
+        assert_eq!(store.head().unwrap(), Some(FLUSHED_BLOCKS as u64));
+        assert_eq!(store.stored_head().unwrap(), Some(blocks.len() as u64));
+        let mut other = env();
+        for txs in blocks.iter().take(FLUSHED_BLOCKS) {
+            other.run(txs.clone());
+        }
+        let timestamp = other.ledger.head().timestamp_ms + 1000;
+        let proposer = other.ledger.validator_set().get(0).unwrap().key;
+        let fork = vec![register_acme(&admin, 200)];
+        let (block, execution) = other
+            .ledger
+            .propose(fork, timestamp, proposer, |_| false)
+            .unwrap();
+        let certificate = keyreg_registry::testkit::certify(
+            CHAIN,
+            other.ledger.validator_set(),
+            &other.net.validator_keys,
+            &block,
+        );
+        let committed = keyreg_registry::CommittedBlock {
+            version: keyreg_registry::CommittedBlock::VERSION,
+            block,
+            certificate,
+        };
+        let refused = store.write_block(
+            &committed,
+            execution.tree_batch,
+            &execution.changes,
+            &execution.results,
+            &execution.tx_hashes,
+        );
+        assert!(
+            matches!(refused, Err(keyreg_registry::StoreError::Order(_))),
+            "{refused:?}"
+        );
     }
     let mut rocks = Env {
         ledger: open(dir.path(), &net),

@@ -585,6 +585,10 @@ impl LedgerStore for RocksLedgerStore {
             batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
             self.write(batch)?;
             self.stored_head = Some(height);
+        } else if self.header(height)?.map(|stored| stored.hash()) != Some(block.header.hash()) {
+            return Err(StoreError::Order(format!(
+                "block {height} is not the one stored at that height"
+            )));
         }
         let tree_records = TreeRecords::new(&mut tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;

@@ -158,6 +158,7 @@ echo "commits resumed: all nodes at >= $target ${t}s after healing"
 echo "commit rate after healing: $(commit_rate 10 node0 node1 node2 node3) blocks/s"
 
 step "kill -9 validator node1 under load, then restart it"
+killed_at=$(height node1)
 docker kill -s KILL "$(container node1)" >/dev/null
 sleep 5
 compose start node1 >/dev/null
@@ -166,9 +167,16 @@ t=$(wait_for 120 heights_at_least "$target" node1) || fail "node1 did not catch 
 echo "node1 restarted after kill -9 and caught up to $target in ${t}s"
 # The kill took the tree and indexes written since node1's last flush (they
 # skip the write-ahead log); the restart executed those stored blocks again.
+# Only a kill within a few blocks after a periodic flush (every 256th height,
+# FLUSH_EVERY_BLOCKS) can leave nothing to execute again.
 replay=$(docker logs "$(container node1)" 2>&1 | grep "executed again the stored blocks" | tail -1 || true)
-[ -n "$replay" ] || fail "node1's restart did not execute its unflushed blocks again"
-echo "node1 on restart: ${replay##*lost }"
+if [ -n "$replay" ]; then
+  echo "node1 on restart (killed at height $killed_at): ${replay##*lost }"
+elif [ "$killed_at" -ge 0 ] && [ $((killed_at % 256)) -lt 4 ]; then
+  echo "node1 was killed at height $killed_at, just after a periodic flush: nothing to execute again"
+else
+  fail "node1's restart (killed at height $killed_at) did not execute its unflushed blocks again"
+fi
 
 step "stop the load; every acknowledged transaction is committed"
 touch "$WORK/stop-load"; wait "$LOAD_PID" || true; LOAD_PID=""

@@ -475,8 +475,10 @@ impl NodeReader for RocksLedgerStore {
         if let Some(node) = self.top.get(key) {
             return Ok(Some(node.clone()));
         }
+        // Decoded from RocksDB's pinned buffer: no copy into a Vec first.
         let bytes = self
-            .get(CF_NODES, &key.to_bytes())
+            .cf(CF_NODES)
+            .and_then(|cf| self.db.get_pinned_cf(cf, key.to_bytes()).map_err(backend))
             .map_err(|e| TreeError::Store(e.to_string()))?;
         Ok(bytes.map(|b| Node::from_bytes(&b)).transpose()?)
     }

@@ -20,8 +20,13 @@ pub type Update = (Hash, Option<Vec<u8>>);
 
 /// A leaf whose final position is not known yet.
 enum PendingLeaf {
-    /// An existing leaf, still stored at `node_key`.
-    Stored { node_key: NodeKey, hash: Hash },
+    /// An existing leaf, still stored at `node_key`; `read` holds it when
+    /// this batch has already read it, so that moving it reads it once.
+    Stored {
+        node_key: NodeKey,
+        hash: Hash,
+        read: Option<LeafNode>,
+    },
     /// A leaf created by this batch.
     New { leaf: LeafNode, hash: Hash },
 }
@@ -202,7 +207,13 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
                 } else {
                     let at = leaves.partition_point(|(k, _)| *k < existing.key);
                     let hash = known_hash.unwrap_or_else(|| existing.hash());
-                    leaves.insert(at, (existing.key, PendingLeaf::Stored { node_key, hash }));
+                    let key = existing.key;
+                    let stored = PendingLeaf::Stored {
+                        node_key,
+                        hash,
+                        read: Some(existing),
+                    };
+                    leaves.insert(at, (key, stored));
                 }
                 self.build(path, leaves)
             }
@@ -308,13 +319,16 @@ impl<R: NodeReader + ?Sized> BatchBuilder<'_, R> {
             PendingLeaf::Stored { node_key, .. } if node_key.path == path && !always_rewrite => {
                 Ok(node_key.version)
             }
-            PendingLeaf::Stored { node_key, .. } => {
-                let node = self.read(&node_key)?;
-                if !matches!(node, Node::Leaf(_)) {
-                    return Err(TreeError::CorruptNode(node_key));
-                }
+            PendingLeaf::Stored { node_key, read, .. } => {
+                let leaf = match read {
+                    Some(leaf) => leaf,
+                    None => match self.read(&node_key)? {
+                        Node::Leaf(leaf) => leaf,
+                        _ => return Err(TreeError::CorruptNode(node_key)),
+                    },
+                };
                 self.mark_stale(node_key);
-                self.write(path, node);
+                self.write(path, Node::Leaf(leaf));
                 Ok(self.new_version)
             }
             PendingLeaf::New { leaf, .. } => {
@@ -354,6 +368,7 @@ fn kept(path: NibblePath, child: &Child) -> Pending {
                 path,
             },
             hash: child.hash,
+            read: None,
         })
     } else {
         Pending::Internal(*child)

@@ -340,6 +340,58 @@ fn updates_touch_only_their_paths() {
     assert!(counting.reads.get() - get_reads <= 6);
 }
 
+/// A reader that records the keys it is asked for.
+struct RecordingReader<'a> {
+    inner: &'a MemNodeStore,
+    asked: std::cell::RefCell<Vec<NodeKey>>,
+}
+
+impl NodeReader for RecordingReader<'_> {
+    fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
+        self.asked.borrow_mut().push(*key);
+        self.inner.get_node(key)
+    }
+}
+
+#[test]
+fn a_leaf_pushed_down_by_a_new_sibling_is_read_once() {
+    // Two keys under different first nibbles: the root holds both leaves.
+    let (a, b, c) = (crowded_key(0, 1), crowded_key(2, 1), crowded_key(0, 2));
+    assert_eq!(nibble_at(&a, 0), nibble_at(&c, 0));
+    let mut store = MemNodeStore::new();
+    commit(
+        &mut store,
+        None,
+        1,
+        &inserts(&[(a, vec![1]), (b, vec![2])].into()),
+    );
+    let recording = RecordingReader {
+        inner: &store,
+        asked: Default::default(),
+    };
+    // `c` shares `a`'s first nibble, so `a` moves below a new internal node.
+    let batch = StateTree::new(&recording)
+        .apply(Some(1), 2, &[(c, Some(vec![3]))])
+        .unwrap();
+    let leaf_a = NodeKey {
+        version: 1,
+        path: NibblePath::ROOT.child(nibble_at(&a, 0)),
+    };
+    let asked = recording.asked.borrow();
+    assert_eq!(
+        asked.iter().filter(|k| **k == leaf_a).count(),
+        1,
+        "{asked:?}"
+    );
+    assert!(batch.stale_nodes.iter().any(|s| s.node_key == leaf_a));
+    commit(&mut store, Some(1), 2, &[(c, Some(vec![3]))]);
+    let expected: Entries = [(a, vec![1]), (b, vec![2]), (c, vec![3])].into();
+    assert_eq!(
+        StateTree::new(&store).root(2).unwrap(),
+        reference_root(&expected)
+    );
+}
+
 #[test]
 fn every_tampered_byte_breaks_verification() {
     let entries: Entries = (0..200).map(|i| (key(i), vec![i as u8; 12])).collect();

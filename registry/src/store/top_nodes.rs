@@ -2,8 +2,6 @@
 //! the store writes them: as deltas against full records (see
 //! [`TopPlan`] and `tree/delta.rs`).
 
-use std::collections::{HashMap, HashSet};
-
 use crate::tree::{
     check_child, InternalDelta, InternalNode, NibblePath, Node, NodeKey, NodeRecord, TreeBatch,
     TreeError,
@@ -193,79 +191,100 @@ impl TopNodes {
     /// new top nodes as deltas, and which stale marks change because a
     /// full record stays, or stops being, the base of a readable delta.
     pub(super) fn plan(&self, batch: &TreeBatch) -> TopPlan {
-        let mut plan = TopPlan::default();
+        let mut plan = TopPlan {
+            version: batch.version,
+            ..TopPlan::default()
+        };
         for (key, node) in &batch.new_nodes {
-            let (Node::Internal(node), Some(replaced)) = (node, self.held(&key.path)) else {
+            let (Node::Internal(node), Some(slot)) = (node, slot_of(&key.path)) else {
                 continue;
             };
-            let Some((base_version, base)) = replaced.base() else {
+            let Some((base_version, base)) = self.held_at(slot).and_then(Held::base) else {
                 continue;
             };
             let delta = InternalDelta::between(base_version, base, node);
             if delta.changed_children() <= MAX_DELTA_CHILDREN {
-                plan.deltas.insert(*key, delta);
+                plan.deltas.push(PlannedDelta {
+                    slot,
+                    delta,
+                    replaced_marked: false,
+                });
             }
         }
+        plan.deltas.sort_unstable_by_key(|planned| planned.slot);
         for stale in &batch.stale_nodes {
             let key = &stale.node_key;
-            let Some(replaced) = self.held(&key.path).filter(|held| held.key == *key) else {
+            let Some(slot) = slot_of(&key.path) else {
                 continue;
             };
-            let Some((base_version, _)) = replaced.base() else {
+            let Some(replaced) = self.held_at(slot).filter(|held| held.key == *key) else {
                 continue;
             };
-            // A delta at this position was made against the same base.
-            let still_a_base = plan.deltas.contains_key(&NodeKey {
-                version: batch.version,
-                path: key.path,
-            });
-            match (replaced.base.is_some(), still_a_base) {
+            // A delta at this position was made against the replaced node's base.
+            let delta = plan.planned_at_mut(slot);
+            let has_delta = delta.is_some();
+            if let Some(planned) = delta {
+                planned.replaced_marked = true;
+            }
+            match (&replaced.base, has_delta) {
                 // The replaced record is the full one the new delta amends.
-                (false, true) => {
-                    plan.bases_kept.insert(*key);
-                }
+                (None, true) => plan.bases_kept.push(*key),
                 // The replaced delta's base has no readable delta left once
                 // this version is the oldest kept.
-                (true, false) => plan.bases_released.push(NodeKey {
-                    version: base_version,
+                (Some((base_version, _)), false) => plan.bases_released.push(NodeKey {
+                    version: *base_version,
                     path: key.path,
                 }),
-                (false, false) | (true, true) => {}
+                (None, false) | (Some(_), true) => {}
             }
         }
+        plan.bases_kept.sort_unstable();
         plan
+    }
+
+    fn held_at(&self, slot: usize) -> Option<&Held> {
+        self.slots.get(slot)?.as_ref()
     }
 
     /// Follows the head to the version `batch` wrote (once it is stored as
     /// `plan` says).
     pub(super) fn apply(&mut self, batch: TreeBatch, plan: &TopPlan) {
-        let mut replaced: HashMap<NibblePath, Held> = HashMap::new();
         for stale in &batch.stale_nodes {
-            if let Some(slot) = slot_of(&stale.node_key.path).and_then(|i| self.slots.get_mut(i)) {
+            let Some(index) = slot_of(&stale.node_key.path) else {
+                continue;
+            };
+            // A replaced node whose position gets a delta stays in its slot
+            // until the delta takes its base below.
+            if plan.planned_at(index).is_some() {
+                continue;
+            }
+            if let Some(slot) = self.slots.get_mut(index) {
                 if slot.as_ref().is_some_and(|held| held.key == stale.node_key) {
-                    if let Some(held) = slot.take() {
-                        replaced.insert(held.key.path, held);
-                    }
+                    *slot = None;
                 }
             }
         }
         for (key, node) in batch.new_nodes {
-            if !is_top(&key, &node) {
+            let Some(index) = slot_of(&key.path).filter(|_| is_top(&key, &node)) else {
                 continue;
-            }
-            // A delta keeps the replaced node's base (a node replaced
-            // without its stale mark is left in its slot for `fill` to refuse).
-            let base = plan.deltas.get(&key).and_then(|delta| {
-                let base = replaced.remove(&key.path).and_then(Held::into_base);
-                if let Some((version, _)) = &base {
+            };
+            // A delta keeps the replaced node's base. (One whose replaced
+            // node was not marked stale leaves it in the slot, and `fill`
+            // refuses the new node.)
+            let base = match plan.planned_at(index) {
+                Some(planned) if planned.replaced_marked => {
+                    let replaced = self.slots.get_mut(index).and_then(Option::take);
+                    let base = replaced.and_then(Held::into_base);
                     assert_eq!(
-                        *version, delta.base_version,
+                        base.as_ref().map(|(version, _)| *version),
+                        Some(planned.delta.base_version),
                         "a delta at {:?} planned against another base",
                         key.path
                     );
+                    base
                 }
-                base
-            });
+                _ => None,
+            };
             self.fill(Held { key, node, base });
         }
     }
@@ -277,27 +296,53 @@ impl TopNodes {
 }
 
 /// How one tree update's top nodes are stored (from [`TopNodes::plan`]).
+/// Indexed by slot and sorted, not hashed: it is consulted for every node
+/// of every block.
 #[derive(Debug, Default)]
 pub(super) struct TopPlan {
-    /// New nodes stored as deltas, by key.
-    deltas: HashMap<NodeKey, InternalDelta>,
-    /// Replaced full records that new deltas amend: not stale yet.
-    bases_kept: HashSet<NodeKey>,
+    /// The version the update writes.
+    version: u64,
+    /// New nodes stored as deltas, in slot order.
+    deltas: Vec<PlannedDelta>,
+    /// Replaced full records that new deltas amend: not stale yet (sorted).
+    bases_kept: Vec<NodeKey>,
     /// Full records no readable delta amends from this version on: stale
     /// since it, like the nodes the update replaced.
     bases_released: Vec<NodeKey>,
 }
 
+#[derive(Debug)]
+struct PlannedDelta {
+    slot: usize,
+    delta: InternalDelta,
+    /// Whether the update marked the node it replaces stale (it must).
+    replaced_marked: bool,
+}
+
 impl TopPlan {
+    fn planned_at(&self, slot: usize) -> Option<&PlannedDelta> {
+        let index = self.deltas.binary_search_by_key(&slot, |p| p.slot).ok()?;
+        self.deltas.get(index)
+    }
+
+    fn planned_at_mut(&mut self, slot: usize) -> Option<&mut PlannedDelta> {
+        let index = self.deltas.binary_search_by_key(&slot, |p| p.slot).ok()?;
+        self.deltas.get_mut(index)
+    }
+
     /// The delta to store under `key` instead of the node, if any.
     pub(super) fn delta(&self, key: &NodeKey) -> Option<&InternalDelta> {
-        self.deltas.get(key)
+        if key.version != self.version {
+            return None;
+        }
+        self.planned_at(slot_of(&key.path)?)
+            .map(|planned| &planned.delta)
     }
 
     /// Whether the replaced node `key` stays readable as a delta's base
     /// (so it is not marked stale).
     pub(super) fn keeps_base(&self, key: &NodeKey) -> bool {
-        self.bases_kept.contains(key)
+        self.bases_kept.binary_search(key).is_ok()
     }
 
     /// Full records to mark stale since the update's version besides the
@@ -311,7 +356,7 @@ impl TopPlan {
 mod tests {
     use proptest::prelude::*;
 
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, HashMap};
 
     use super::*;
     use crate::tree::{MemNodeStore, NodeReader, StateTree, Update};

@@ -37,14 +37,12 @@ use rocksdb::{
     FlushOptions, IteratorMode, Options, WaitForCompactOptions, WriteBatch, WriteOptions, DB,
 };
 
-use super::top_nodes::{resolve, TopNodes, TopPlan};
+use super::top_nodes::TopNodes;
 use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
 use crate::state::StateChanges;
-use crate::tree::{
-    Node, NodeCodecError, NodeKey, NodeReader, NodeRecord, StaleNode, TreeBatch, TreeError,
-};
+use crate::tree::{Node, NodeCodecError, NodeKey, NodeReader, StaleNode, TreeBatch, TreeError};
 
 const CF_BLOCKS: &str = "blocks";
 const CF_HEADERS: &str = "headers";
@@ -164,32 +162,21 @@ const SMALL_RECORDS: usize = 8;
 /// a block's records).
 struct TreeRecords<'t> {
     nodes: &'t [(NodeKey, Node)],
-    /// Which top nodes are stored as deltas.
-    plan: &'t TopPlan,
     stale: Vec<([u8; 8], Vec<u8>)>,
 }
 
 impl<'t> TreeRecords<'t> {
-    /// Sorts `tree`'s new nodes by key and encodes its stale index entries
-    /// as `plan` (from the head's [`TopNodes`]) amends them.
-    fn new(tree: &'t mut TreeBatch, plan: &'t TopPlan) -> Self {
+    /// Sorts `tree`'s new nodes by key and encodes its stale index entries.
+    fn new(tree: &'t mut TreeBatch) -> Self {
         tree.new_nodes.sort_unstable_by_key(|(key, _)| *key);
         // A tree update's stale nodes are all stale since its own version;
         // grouping keeps the encoding right for any batch.
         let mut by_version: BTreeMap<u64, Vec<&NodeKey>> = BTreeMap::new();
         for stale in &tree.stale_nodes {
-            if !plan.keeps_base(&stale.node_key) {
-                by_version
-                    .entry(stale.stale_since_version)
-                    .or_default()
-                    .push(&stale.node_key);
-            }
-        }
-        if !plan.released_bases().is_empty() {
             by_version
-                .entry(tree.version)
+                .entry(stale.stale_since_version)
                 .or_default()
-                .extend(plan.released_bases());
+                .push(&stale.node_key);
         }
         let stale = by_version
             .into_iter()
@@ -197,7 +184,6 @@ impl<'t> TreeRecords<'t> {
             .collect();
         TreeRecords {
             nodes: &tree.new_nodes,
-            plan,
             stale,
         }
     }
@@ -207,13 +193,7 @@ impl<'t> TreeRecords<'t> {
         let nodes: usize = self
             .nodes
             .iter()
-            .map(|(key, node)| {
-                let value = match self.plan.delta(key) {
-                    Some(delta) => delta.encoded_len(),
-                    None => node.encoded_len(),
-                };
-                record_bytes(key.encoded_len(), value)
-            })
+            .map(|(key, node)| record_bytes(key.encoded_len(), node.encoded_len()))
             .sum();
         let stale: usize = self
             .stale
@@ -326,7 +306,7 @@ impl RocksLedgerStore {
         // An empty store gets the index with its genesis.
         store.head_index = store.head.is_none() || values_height == store.head;
         if let Some(head) = store.head {
-            store.top = TopNodes::load(|key| store.get_record(key), head)
+            store.top = TopNodes::load(&store, head)
                 .map_err(|e| StoreError::Backend(format!("the head tree's top levels: {e}")))?;
         }
         Ok(store)
@@ -363,16 +343,6 @@ impl RocksLedgerStore {
 
     fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.db.get_cf(self.cf(cf)?, key).map_err(backend)
-    }
-
-    /// The record stored under a tree node's key (a node or a delta),
-    /// decoded from RocksDB's pinned buffer: no copy into a Vec first.
-    fn get_record(&self, key: &NodeKey) -> Result<Option<NodeRecord>, TreeError> {
-        let bytes = self
-            .cf(CF_NODES)
-            .and_then(|cf| self.db.get_pinned_cf(cf, key.to_bytes()).map_err(backend))
-            .map_err(|e| TreeError::Store(e.to_string()))?;
-        Ok(bytes.map(|b| NodeRecord::from_bytes(&b)).transpose()?)
     }
 
     fn get_decoded<T: Canonical>(
@@ -428,10 +398,7 @@ impl RocksLedgerStore {
             key_bytes.clear();
             key.write_bytes(&mut key_bytes);
             node_bytes.clear();
-            match tree.plan.delta(key) {
-                Some(delta) => delta.write_bytes(&mut node_bytes),
-                None => node.write_bytes(&mut node_bytes),
-            }
+            node.write_bytes(&mut node_bytes);
             batch.put_cf(nodes, &key_bytes, &node_bytes);
         }
         let stale = self.cf(CF_STALE)?;
@@ -508,11 +475,12 @@ impl NodeReader for RocksLedgerStore {
         if let Some(node) = self.top.get(key) {
             return Ok(Some(node.clone()));
         }
-        let Some(record) = self.get_record(key)? else {
-            return Ok(None);
-        };
-        let (node, _) = resolve(key, record, |base| self.get_record(base))?;
-        Ok(Some(node))
+        // Decoded from RocksDB's pinned buffer: no copy into a Vec first.
+        let bytes = self
+            .cf(CF_NODES)
+            .and_then(|cf| self.db.get_pinned_cf(cf, key.to_bytes()).map_err(backend))
+            .map_err(|e| TreeError::Store(e.to_string()))?;
+        Ok(bytes.map(|b| Node::from_bytes(&b)).transpose()?)
     }
 }
 
@@ -576,15 +544,14 @@ impl LedgerStore for RocksLedgerStore {
         let mut batch = WriteBatch::default();
         batch.put_cf(self.cf(CF_BLOCKS)?, height_key(0), block.to_bytes());
         batch.put_cf(self.cf(CF_HEADERS)?, height_key(0), header.to_bytes());
-        let plan = self.top.plan(&tree);
-        self.add_tree_batch(&mut batch, TreeRecords::new(&mut tree, &plan))?;
+        self.add_tree_batch(&mut batch, TreeRecords::new(&mut tree))?;
         self.add_head_values(&mut batch, 0, state)?;
         let meta = self.cf(CF_META)?;
         batch.put_cf(meta, META_GENESIS, genesis_hash.0);
         batch.put_cf(meta, META_HEAD, height_key(0));
         batch.put_cf(meta, META_TREE_HEIGHT, height_key(0));
         self.write(batch)?;
-        self.top.apply(tree, &plan);
+        self.top.apply(tree);
         self.head = Some(0);
         self.stored_head = Some(0);
         Ok(())
@@ -625,8 +592,7 @@ impl LedgerStore for RocksLedgerStore {
                 "block {height} is not the one stored at that height"
             )));
         }
-        let plan = self.top.plan(&tree);
-        let tree_records = TreeRecords::new(&mut tree, &plan);
+        let tree_records = TreeRecords::new(&mut tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
         // Sized up front: a block's batch is megabytes, and growing it by
         // doubling copies it and touches fresh pages each time.
@@ -655,7 +621,7 @@ impl LedgerStore for RocksLedgerStore {
         if height.is_multiple_of(FLUSH_EVERY_BLOCKS) {
             self.flush_all(false)?;
         }
-        self.top.apply(tree, &plan);
+        self.top.apply(tree);
         self.head = Some(height);
         Ok(())
     }
@@ -777,7 +743,7 @@ mod tests {
             stale_nodes: vec![stale(6), stale(4)],
         };
         assert_eq!(
-            TreeRecords::new(&mut tree, &TopPlan::default()).stale,
+            TreeRecords::new(&mut tree).stale,
             vec![(
                 height_key(7),
                 NodeKey::list_to_bytes(&[NodeKey::root(6), NodeKey::root(4)])
@@ -787,8 +753,6 @@ mod tests {
             stale_nodes: Vec::new(),
             ..tree
         };
-        assert!(TreeRecords::new(&mut none, &TopPlan::default())
-            .stale
-            .is_empty());
+        assert!(TreeRecords::new(&mut none).stale.is_empty());
     }
 }

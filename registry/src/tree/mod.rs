@@ -16,7 +16,6 @@
 //! See `docs/state-tree.md` for the layout, proof format and figures.
 
 mod apply;
-mod delta;
 mod hashing;
 mod node;
 mod proof;
@@ -28,7 +27,6 @@ use keyreg_consensus::crypto::Hash;
 use thiserror::Error;
 
 pub use apply::Update;
-pub use delta::{InternalDelta, NodeRecord};
 pub use hashing::{internal_hash, leaf_hash, value_hash, EMPTY_SUBTREE_HASH};
 pub use node::{
     nibble_at, Child, InternalNode, LeafNode, NibblePath, Node, NodeCodecError, NodeKey, StaleNode,
@@ -206,13 +204,6 @@ pub(crate) fn read_child<R: NodeReader + ?Sized>(
     let node = reader
         .get_node(node_key)?
         .ok_or(TreeError::MissingNode(*node_key))?;
-    check_child(node_key, child, &node)?;
-    Ok(node)
-}
-
-/// Checks that `node`, read under `node_key`, is what its parent's `child`
-/// reference says it is.
-pub(crate) fn check_child(node_key: &NodeKey, child: &Child, node: &Node) -> Result<(), TreeError> {
     let is_leaf = matches!(node, Node::Leaf(_));
     if is_leaf != child.is_leaf
         || matches!(node, Node::Empty)
@@ -220,7 +211,7 @@ pub(crate) fn check_child(node_key: &NodeKey, child: &Child, node: &Node) -> Res
     {
         return Err(TreeError::CorruptNode(*node_key));
     }
-    Ok(())
+    Ok(node)
 }
 
 fn proof(leaf: Option<ProofLeaf>, siblings: Vec<Hash>) -> SparseMerkleProof {

@@ -23,15 +23,12 @@ pub const KEY_NIBBLES: usize = 64;
 pub const MAX_VALUE_LEN: usize = 4096;
 
 /// Format byte that starts every encoded [`Node`].
-pub(super) const NODE_FORMAT_VERSION: u8 = 1;
+const NODE_FORMAT_VERSION: u8 = 1;
 const KIND_EMPTY: u8 = 0;
 const KIND_INTERNAL: u8 = 1;
 const KIND_LEAF: u8 = 2;
-/// An internal node stored as its difference from an earlier record of its
-/// position ([`super::delta`]); not a [`Node`] on its own.
-pub(super) const KIND_INTERNAL_DELTA: u8 = 3;
 /// Encoded size of one child of an internal node: version then hash.
-pub(super) const CHILD_LEN: usize = 8 + 32;
+const CHILD_LEN: usize = 8 + 32;
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum NodeCodecError {
@@ -55,10 +52,6 @@ pub enum NodeCodecError {
     PathTooLong(usize),
     #[error("nibble path has non-zero padding")]
     PathPadding,
-    #[error("a delta record of an internal node cannot be decoded without its base")]
-    DeltaWithoutBase,
-    #[error("delta record keeps slot {0}, which its base lacks or holds another kind of child in")]
-    DeltaBase(u8),
 }
 
 /// The `index`-th 4-bit nibble of `key`, most significant first.
@@ -322,37 +315,6 @@ pub struct Child {
     pub is_leaf: bool,
 }
 
-impl Child {
-    /// Appends the child's version (u64 LE) and hash.
-    pub(super) fn write_bytes(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&self.hash.0);
-    }
-
-    /// Decodes the children of the slots set in `slots`, in nibble order,
-    /// from `bytes` (of exactly `CHILD_LEN` per slot: checked by the caller);
-    /// those whose bit is set in `leaves` are leaves.
-    pub(super) fn list_from_bytes(bytes: &[u8], slots: u16, leaves: u16) -> Vec<Child> {
-        debug_assert_eq!(bytes.len(), slots.count_ones() as usize * CHILD_LEN);
-        bytes
-            .chunks_exact(CHILD_LEN)
-            .zip((0..16u8).filter(|n| slots & (1 << n) != 0))
-            .map(|(chunk, nibble)| {
-                let (version, hash) = chunk.split_at(8);
-                let mut version_bytes = [0u8; 8];
-                version_bytes.copy_from_slice(version);
-                let mut hash_bytes = [0u8; 32];
-                hash_bytes.copy_from_slice(hash);
-                Child {
-                    version: u64::from_le_bytes(version_bytes),
-                    hash: Hash(hash_bytes),
-                    is_leaf: leaves & (1 << nibble) != 0,
-                }
-            })
-            .collect()
-    }
-}
-
 /// A 16-ary node: up to 16 children, indexed by the next nibble of the key.
 ///
 /// Its hash is that of the 4-level binary tree over the 16 slots, where an
@@ -402,29 +364,6 @@ impl InternalNode {
         }
         assert!(node.is_valid_shape(), "internal node shape {node:?}");
         node
-    }
-
-    /// The node with these bitmaps and children (in nibble order), if that
-    /// is a valid shape.
-    pub(super) fn from_parts(
-        existence: u16,
-        leaves: u16,
-        children: Vec<Child>,
-    ) -> Result<Self, NodeCodecError> {
-        let node = InternalNode {
-            existence,
-            leaves,
-            children,
-        };
-        if !node.is_valid_shape() {
-            return Err(NodeCodecError::Bitmaps { existence, leaves });
-        }
-        Ok(node)
-    }
-
-    /// Occupied slots, and the slots that hold leaves, as bitmaps.
-    pub(super) fn bitmaps(&self) -> (u16, u16) {
-        (self.existence, self.leaves)
     }
 
     /// A stored internal node has children, and is not a single leaf (which
@@ -561,7 +500,8 @@ impl Node {
                 out.extend_from_slice(&internal.existence.to_le_bytes());
                 out.extend_from_slice(&internal.leaves.to_le_bytes());
                 for child in &internal.children {
-                    child.write_bytes(out);
+                    out.extend_from_slice(&child.version.to_le_bytes());
+                    out.extend_from_slice(&child.hash.0);
                 }
             }
             Node::Leaf(leaf) => {
@@ -601,10 +541,31 @@ impl Node {
                 if children_bytes.len() != count * CHILD_LEN {
                     return Err(length(6 + count * CHILD_LEN));
                 }
-                let children = Child::list_from_bytes(children_bytes, existence, leaves);
-                Ok(Node::Internal(InternalNode::from_parts(
-                    existence, leaves, children,
-                )?))
+                let children = children_bytes
+                    .chunks_exact(CHILD_LEN)
+                    .zip((0..16u8).filter(|n| existence & (1 << n) != 0))
+                    .map(|(chunk, nibble)| {
+                        let (version, hash) = chunk.split_at(8);
+                        let mut version_bytes = [0u8; 8];
+                        version_bytes.copy_from_slice(version);
+                        let mut hash_bytes = [0u8; 32];
+                        hash_bytes.copy_from_slice(hash);
+                        Child {
+                            version: u64::from_le_bytes(version_bytes),
+                            hash: Hash(hash_bytes),
+                            is_leaf: leaves & (1 << nibble) != 0,
+                        }
+                    })
+                    .collect();
+                let node = InternalNode {
+                    existence,
+                    leaves,
+                    children,
+                };
+                if !node.is_valid_shape() {
+                    return Err(NodeCodecError::Bitmaps { existence, leaves });
+                }
+                Ok(Node::Internal(node))
             }
             KIND_LEAF => {
                 let Some((key, rest)) = body.split_first_chunk::<32>() else {
@@ -625,7 +586,6 @@ impl Node {
                     value: value.to_vec(),
                 }))
             }
-            KIND_INTERNAL_DELTA => Err(NodeCodecError::DeltaWithoutBase),
             other => Err(NodeCodecError::UnknownKind(other)),
         }
     }

@@ -167,8 +167,9 @@ t=$(wait_for 120 heights_at_least "$target" node1) || fail "node1 did not catch 
 echo "node1 restarted after kill -9 and caught up to $target in ${t}s"
 # The kill took the tree and indexes written since node1's last flush (they
 # skip the write-ahead log); the restart executed those stored blocks again.
-# Only a kill within a few blocks after a periodic flush (every 256th height,
-# FLUSH_EVERY_BLOCKS) can leave nothing to execute again.
+# This light load never fills a memtable, so only a kill within a few blocks
+# after a periodic flush (every 256th height, FLUSH_EVERY_BLOCKS) can leave
+# nothing to execute again.
 replay=$(docker logs "$(container node1)" 2>&1 | grep "executed again the stored blocks" | tail -1 || true)
 if [ -n "$replay" ]; then
   echo "node1 on restart (killed at height $killed_at): ${replay##*lost }"

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use keyreg_client::node::NodeClient;
 
+use crate::delay::DelayLink;
+
 /// Per-request timeout of the benches' HTTP clients.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a stopping node gets before it is killed.
@@ -26,6 +28,11 @@ pub struct LocalTestnet {
     /// Keeps a temporary directory alive (and removes it at the end).
     _temp: Option<tempfile::TempDir>,
     children: Vec<Option<Child>>,
+    /// Per node, the persistent peers it dials instead of its config's
+    /// (through [`delay_links`](Self::delay_links)); empty: the config's.
+    peer_overrides: Vec<Vec<String>>,
+    /// Kept open while the nodes run.
+    links: Vec<DelayLink>,
     pub nodes: Vec<NodeClient>,
 }
 
@@ -85,6 +92,8 @@ impl LocalTestnet {
             dir,
             _temp: temp,
             children: (0..validators).map(|_| None).collect(),
+            peer_overrides: vec![Vec::new(); validators],
+            links: Vec::new(),
             nodes,
         })
     }
@@ -99,6 +108,31 @@ impl LocalTestnet {
         self.dir.join(format!("node{i}"))
     }
 
+    /// Routes every node's connections to its peers through a
+    /// [`DelayLink`] of `one_way` per direction, as if each pair of nodes
+    /// were that far apart; a node's HTTP API stays direct. Applies to the
+    /// nodes started after this call.
+    pub fn delay_links(&mut self, one_way: Duration) -> anyhow::Result<()> {
+        for i in 0..self.children.len() {
+            let config = std::fs::read_to_string(self.home(i).join("config.toml"))?;
+            let mut peers = Vec::new();
+            for peer in persistent_peers(&config)? {
+                let (port, rest) = peer
+                    .strip_prefix("/ip4/127.0.0.1/tcp/")
+                    .and_then(|p| p.split_once('/'))
+                    .with_context(|| format!("node{i}: not a loopback peer: {peer}"))?;
+                let port: u16 = port.parse().with_context(|| format!("port of {peer}"))?;
+                let link = DelayLink::start(([127, 0, 0, 1], port).into(), one_way)?;
+                peers.push(format!("/ip4/127.0.0.1/tcp/{}/{rest}", link.addr().port()));
+                self.links.push(link);
+            }
+            if let Some(slot) = self.peer_overrides.get_mut(i) {
+                *slot = peers;
+            }
+        }
+        Ok(())
+    }
+
     fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("node{i}.log"))
     }
@@ -109,10 +143,12 @@ impl LocalTestnet {
             .create(true)
             .append(true)
             .open(self.log_path(i))?;
-        let child = Command::new(&self.node_bin)
-            .arg("start")
-            .arg("--home")
-            .arg(self.home(i))
+        let mut command = Command::new(&self.node_bin);
+        command.arg("start").arg("--home").arg(self.home(i));
+        if let Some(peers) = self.peer_overrides.get(i).filter(|p| !p.is_empty()) {
+            command.arg("--persistent-peers").arg(peers.join(","));
+        }
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)
@@ -170,6 +206,24 @@ impl LocalTestnet {
         }
         out
     }
+}
+
+/// The `p2p.persistent_peers` of a node's `config.toml`.
+fn persistent_peers(config: &str) -> anyhow::Result<Vec<String>> {
+    let config: toml::Table = config.parse()?;
+    let peers = config
+        .get("p2p")
+        .and_then(|p2p| p2p.get("persistent_peers"))
+        .and_then(toml::Value::as_array)
+        .context("no p2p.persistent_peers")?;
+    peers
+        .iter()
+        .map(|peer| {
+            peer.as_str()
+                .map(str::to_owned)
+                .context("a peer is not a string")
+        })
+        .collect()
 }
 
 /// Waits until every node in `nodes` answers with a height >= `height`.

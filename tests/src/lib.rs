@@ -10,10 +10,13 @@
 //! * [`seeds`]: real, valid encodings for the corpus.
 //! * [`bench`]: what the benchmark binaries share (a local testnet of node
 //!   processes, `/proc` readings, percentiles).
+//! * [`delay`]: TCP links with a fixed one-way delay, to run that testnet as
+//!   if its nodes were far apart.
 //!
 //! The attack catalogue these tests back is `docs/security.md`.
 
 pub mod bench;
+pub mod delay;
 pub mod fixture;
 pub mod fuzz;
 pub mod seeds;

@@ -5,6 +5,7 @@
 //! `cargo run --release -p keyreg-tests --bin net-bench -- [--validators 4] [--txs 4000]
 //!  [--rate 20] [--threads 4] [--batch 1] [--latency-seconds 10] [--lookup-seconds 5]
 //!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--warm-up-txs 0]
+//!  [--link-delay-ms 0]
 //!  [--node-bin PATH]`
 //!
 //! Needs `keyreg-node` built in the same target directory
@@ -58,6 +59,8 @@ struct Args {
     /// nodes that hold a registry and have flushed their memtables already,
     /// as long-running ones have, instead of fresh ones.
     warm_up_txs: usize,
+    /// One-way delay of every link between two nodes (0: plain loopback).
+    link_delay_ms: u64,
     node_bin: Option<PathBuf>,
 }
 
@@ -74,6 +77,7 @@ fn parse_args() -> anyhow::Result<Args> {
         revocation_rate: 10.0,
         bound_seconds: 2.0,
         warm_up_txs: 0,
+        link_delay_ms: 0,
         node_bin: None,
     };
     let mut it = std::env::args().skip(1);
@@ -92,6 +96,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--revocation-rate" => args.revocation_rate = value.parse().with_context(bad)?,
             "--bound-seconds" => args.bound_seconds = value.parse().with_context(bad)?,
             "--warm-up-txs" => args.warm_up_txs = value.parse().with_context(bad)?,
+            "--link-delay-ms" => args.link_delay_ms = value.parse().with_context(bad)?,
             "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
             _ => bail!("unknown flag {flag}"),
         }
@@ -101,6 +106,12 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     if !(1..=64).contains(&args.threads) || args.txs == 0 || args.txs > 1_000_000 {
         bail!("--threads must be 1..=64 and --txs 1..=1000000");
+    }
+    if Duration::from_millis(args.link_delay_ms) > keyreg_tests::delay::MAX_DELAY {
+        bail!(
+            "--link-delay-ms must be at most {}",
+            keyreg_tests::delay::MAX_DELAY.as_millis()
+        );
     }
     if args.warm_up_txs > 1_000_000 {
         bail!("--warm-up-txs must be 0..=1000000");
@@ -628,6 +639,9 @@ fn main() {
     // Before the nodes start, so they do not compete with it.
     let bound = verification_bound(args.bound_seconds, args.validators);
     let started = LocalTestnet::generate(&node_bin, args.validators, None).and_then(|mut net| {
+        if args.link_delay_ms > 0 {
+            net.delay_links(Duration::from_millis(args.link_delay_ms))?;
+        }
         net.start_all()?;
         Ok(net)
     });
@@ -714,6 +728,13 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         "net-bench: {} validators on loopback, {cores} cores shared by the nodes and this load generator",
         args.validators
     );
+    if args.link_delay_ms > 0 {
+        println!(
+            "  every link between two nodes delayed {} ms each way (round trip {} ms); HTTP clients reach their node directly",
+            args.link_delay_ms,
+            2 * args.link_delay_ms
+        );
+    }
     println!(
         "verification bound (before the nodes started): {:.0} signatures/s batch-verified on {cores} cores = {:.0} tx/s at {} validators x {SIGNATURES_PER_REGISTRATION} signatures",
         bound.0, bound.1, args.validators

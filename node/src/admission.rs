@@ -33,6 +33,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::mempool::Origin;
 use crate::network::{NetworkHandle, PendingRelay, RelayVerdict, Topic};
 use crate::node::{recv_or_shutdown, Shared, SubmitError};
 
@@ -225,9 +226,9 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
             Arrival::Gossiped { batch, relay } => gossiped.push((batch, relay)),
         }
     }
-    let mut raw: Vec<&[u8]> = submitted
+    let mut raw: Vec<(&[u8], Origin)> = submitted
         .iter()
-        .flat_map(|(txs, _)| txs.iter().map(Vec::as_slice))
+        .flat_map(|(txs, _)| txs.iter().map(|tx| (tx.as_slice(), Origin::Local)))
         .collect();
     // Transactions per gossiped batch; `None` for an undecodable one.
     let mut batch_sizes = Vec::with_capacity(gossiped.len());
@@ -235,7 +236,7 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
         match decode_tx_batch(batch) {
             Ok(txs) => {
                 batch_sizes.push(Some(txs.len()));
-                raw.extend(txs);
+                raw.extend(txs.into_iter().map(|tx| (tx, Origin::Peer)));
             }
             Err(e) => {
                 tracing::debug!(from = %relay.from(), error = %e, "undecodable transaction batch");

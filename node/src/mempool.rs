@@ -3,6 +3,13 @@
 //! * Bounded by count and bytes; a full pool answers [`MempoolError::Busy`]
 //!   (HTTP 503) instead of evicting, so a flood cannot push out honest
 //!   transactions already accepted.
+//! * Transactions submitted to this node leave a quarter of the limits
+//!   ([`PEER_RESERVE`]) to transactions gossiped by peers. Every pool holds about the same transactions, so
+//!   without the reserve a pool near its limit would admit a submission
+//!   that its peers, as full, then refuse: they fetch it when it is
+//!   proposed, a round trip per height that grows the backlog that filled
+//!   the pools (with links of 50 ms, throughput fell by a third,
+//!   docs/benchmarks.md session 21). With it, the API refuses first.
 //! * Deduplicated by transaction hash.
 //! * Stateless checks (well-formedness, chain id, signatures, batch-verified
 //!   across every transaction that arrives together) run before entry and
@@ -21,6 +28,20 @@ pub trait PoolTx: Clone {
     fn tx_hash(&self) -> Hash;
     /// Its canonical encoded size in bytes.
     fn encoded_len(&self) -> usize;
+}
+
+/// Transactions submitted to this node fill the pool's limits (count and
+/// bytes) less `limit / PEER_RESERVE`: that part is only for transactions
+/// gossiped by peers (see the module docs).
+pub const PEER_RESERVE: usize = 4;
+
+/// Where a transaction reached this node from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Submitted to this node (its API).
+    Local,
+    /// Gossiped by a peer.
+    Peer,
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -81,7 +102,7 @@ impl<T: PoolTx> Mempool<T> {
     }
 
     /// The cheap checks to run before spending time on signatures.
-    pub fn precheck(&self, tx: &T) -> Result<(), MempoolError> {
+    pub fn precheck(&self, tx: &T, origin: Origin) -> Result<(), MempoolError> {
         let size = tx.encoded_len();
         if size > self.limits.max_tx_bytes {
             return Err(MempoolError::TooLarge {
@@ -92,15 +113,21 @@ impl<T: PoolTx> Mempool<T> {
         if self.contains(&tx.tx_hash()) {
             return Err(MempoolError::AlreadyKnown);
         }
-        if self.txs.len() >= self.limits.max_txs || self.bytes + size > self.limits.max_bytes {
+        let share = |limit: usize| match origin {
+            Origin::Local => limit - limit / PEER_RESERVE,
+            Origin::Peer => limit,
+        };
+        if self.txs.len() >= share(self.limits.max_txs)
+            || self.bytes + size > share(self.limits.max_bytes)
+        {
             return Err(MempoolError::Busy);
         }
         Ok(())
     }
 
     /// Adds a transaction that passed the stateless checks.
-    pub fn insert(&mut self, tx: T) -> Result<Hash, MempoolError> {
-        self.precheck(&tx)?;
+    pub fn insert(&mut self, tx: T, origin: Origin) -> Result<Hash, MempoolError> {
+        self.precheck(&tx, origin)?;
         let hash = tx.tx_hash();
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -187,15 +214,18 @@ mod tests {
     fn dedups_bounds_and_drains_in_order() {
         let mut p = pool(3, 1000);
         for n in 1..=3 {
-            p.insert(TestTx::new(n, 10)).unwrap();
+            p.insert(TestTx::new(n, 10), Origin::Peer).unwrap();
         }
         assert_eq!(
-            p.insert(TestTx::new(1, 10)),
+            p.insert(TestTx::new(1, 10), Origin::Peer),
             Err(MempoolError::AlreadyKnown)
         );
-        assert_eq!(p.insert(TestTx::new(9, 10)), Err(MempoolError::Busy));
+        assert_eq!(
+            p.insert(TestTx::new(9, 10), Origin::Peer),
+            Err(MempoolError::Busy)
+        );
         assert!(matches!(
-            p.precheck(&TestTx::new(9, 101)),
+            p.precheck(&TestTx::new(9, 101), Origin::Peer),
             Err(MempoolError::TooLarge { .. })
         ));
         assert_eq!(firsts(&p.reap(25, 10)), vec![1, 2]);
@@ -203,16 +233,47 @@ mod tests {
         p.remove([&TestTx::new(1, 10).tx_hash()]);
         assert_eq!((p.len(), p.bytes()), (2, 20));
         assert_eq!(firsts(&p.reap(1000, 10)), vec![2, 3]);
-        p.insert(TestTx::new(9, 10)).unwrap();
+        p.insert(TestTx::new(9, 10), Origin::Peer).unwrap();
+    }
+
+    #[test]
+    fn submissions_leave_a_quarter_of_the_pool_to_peers() {
+        let mut p = pool(8, 1000);
+        for n in 1..=6 {
+            p.insert(TestTx::new(n, 10), Origin::Local).unwrap();
+        }
+        assert_eq!(
+            p.insert(TestTx::new(7, 10), Origin::Local),
+            Err(MempoolError::Busy)
+        );
+        p.insert(TestTx::new(7, 10), Origin::Peer).unwrap();
+        p.insert(TestTx::new(8, 10), Origin::Peer).unwrap();
+        assert_eq!(
+            p.insert(TestTx::new(9, 10), Origin::Peer),
+            Err(MempoolError::Busy)
+        );
+        // By bytes too: 3/4 of 100 bytes for submissions.
+        let mut p = pool(100, 100);
+        for n in 1..=7 {
+            p.insert(TestTx::new(n, 10), Origin::Local).unwrap();
+        }
+        assert_eq!(
+            p.insert(TestTx::new(8, 10), Origin::Local),
+            Err(MempoolError::Busy)
+        );
+        p.insert(TestTx::new(8, 10), Origin::Peer).unwrap();
     }
 
     #[test]
     fn byte_budget_is_enforced() {
         let mut p = pool(100, 25);
-        p.insert(TestTx::new(1, 10)).unwrap();
-        p.insert(TestTx::new(2, 10)).unwrap();
-        assert_eq!(p.insert(TestTx::new(3, 10)), Err(MempoolError::Busy));
+        p.insert(TestTx::new(1, 10), Origin::Peer).unwrap();
+        p.insert(TestTx::new(2, 10), Origin::Peer).unwrap();
+        assert_eq!(
+            p.insert(TestTx::new(3, 10), Origin::Peer),
+            Err(MempoolError::Busy)
+        );
         p.remove([&TestTx::new(1, 10).tx_hash()]);
-        p.insert(TestTx::new(3, 10)).unwrap();
+        p.insert(TestTx::new(3, 10), Origin::Peer).unwrap();
     }
 }

@@ -28,7 +28,7 @@ use crate::config::{Config, DATA_DIR, GENESIS_FILE, KEY_FILE};
 use crate::driver::{self, Driver};
 use crate::epochs;
 use crate::keys::{read_key_file, KeyFileError};
-use crate::mempool::{Mempool, MempoolError, MempoolLimits, PoolTx};
+use crate::mempool::{Mempool, MempoolError, MempoolLimits, Origin, PoolTx};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, RelayVerdict};
 use crate::{api, sync};
@@ -237,20 +237,20 @@ impl Shared {
     /// Decodes and statelessly checks a batch of transactions (signatures
     /// batch-verified together), then admits the valid ones to the mempool.
     /// One verdict per input, in order.
-    pub fn submit_batch(&self, raw: &[&[u8]]) -> Vec<Result<Hash, SubmitError>> {
+    pub fn submit_batch(&self, raw: &[(&[u8], Origin)]) -> Vec<Result<Hash, SubmitError>> {
         let mut verdicts: Vec<Result<Hash, SubmitError>> = Vec::with_capacity(raw.len());
         let mut decoded = Vec::new();
-        for bytes in raw {
-            match self.decode_and_precheck(bytes) {
+        for &(bytes, origin) in raw {
+            match self.decode_and_precheck(bytes, origin) {
                 Ok(tx) => {
                     verdicts.push(Ok(tx.hash));
-                    decoded.push((verdicts.len() - 1, tx));
+                    decoded.push((verdicts.len() - 1, origin, tx));
                 }
                 Err(e) => verdicts.push(Err(e)),
             }
         }
         // Already committed ones are refused, all looked up in one read.
-        let hashes: Vec<&Hash> = decoded.iter().map(|(_, tx)| &tx.hash).collect();
+        let hashes: Vec<&Hash> = decoded.iter().map(|(_, _, tx)| &tx.hash).collect();
         let refusals: Vec<Option<SubmitError>> = match self.read_ledger().are_committed(&hashes) {
             Ok(committed) if committed.len() == hashes.len() => committed
                 .into_iter()
@@ -267,7 +267,7 @@ impl Shared {
             Err(e) => vec![Some(SubmitError::Internal(e.to_string())); hashes.len()],
         };
         let mut refusals = refusals.into_iter();
-        decoded.retain(|(slot, _)| match refusals.next().flatten() {
+        decoded.retain(|(slot, _, _)| match refusals.next().flatten() {
             None => true,
             Some(refusal) => {
                 if let Some(verdict) = verdicts.get_mut(*slot) {
@@ -280,16 +280,16 @@ impl Shared {
         // into their pool entries after it (no copies).
         let (entries, txs): (Vec<_>, Vec<Transaction>) = decoded
             .into_iter()
-            .map(|(slot, HashedTx { tx, hash, size })| ((slot, hash, size), tx))
+            .map(|(slot, origin, HashedTx { tx, hash, size })| ((slot, origin, hash, size), tx))
             .unzip();
         let checks = check_stateless_all(&self.chain_id, &txs);
         self.metrics.checked_txs.inc_by(txs.len() as u64);
         let mut mempool = self.mempool();
-        for (((slot, hash, size), tx), check) in entries.into_iter().zip(txs).zip(checks) {
+        for (((slot, origin, hash, size), tx), check) in entries.into_iter().zip(txs).zip(checks) {
             let verdict = match check {
                 Err(e) => Err(SubmitError::Invalid(e)),
                 Ok(()) => mempool
-                    .insert(HashedTx { tx, hash, size })
+                    .insert(HashedTx { tx, hash, size }, origin)
                     .map_err(SubmitError::from),
             };
             // `slot` indexes the verdict pushed for this input above.
@@ -301,7 +301,7 @@ impl Shared {
         verdicts
     }
 
-    fn decode_and_precheck(&self, bytes: &[u8]) -> Result<HashedTx, SubmitError> {
+    fn decode_and_precheck(&self, bytes: &[u8], origin: Origin) -> Result<HashedTx, SubmitError> {
         if bytes.len() > MAX_TX_BYTES {
             return Err(SubmitError::TooLarge(bytes.len()));
         }
@@ -309,7 +309,7 @@ impl Shared {
             Transaction::from_bytes(bytes).map_err(|e| SubmitError::Malformed(e.to_string()))?;
         // `from_bytes` accepted `bytes`, so they are the canonical encoding.
         let pooled = HashedTx::from_canonical(tx, bytes);
-        self.mempool().precheck(&pooled)?;
+        self.mempool().precheck(&pooled, origin)?;
         Ok(pooled)
     }
 

@@ -29,6 +29,7 @@ use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::driver::DUPLICATE_WINDOW;
 use keyreg_node::keys::read_key_file;
+use keyreg_node::mempool::Origin;
 use keyreg_node::network::{self, Network, NetworkConfig, NetworkEvent, RelayVerdict, Topic};
 use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
@@ -149,7 +150,10 @@ async fn batches_get_one_verdict_each_and_compact_proposals_fetch_what_is_missin
         .map(|i| registration(&admin, &format!("demo/private-{i}")))
         .collect();
     let bytes: Vec<Vec<u8>> = private.iter().map(Canonical::to_bytes).collect();
-    let raw: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+    let raw: Vec<(&[u8], Origin)> = bytes
+        .iter()
+        .map(|b| (b.as_slice(), Origin::Local))
+        .collect();
     for verdict in nodes[0].shared.submit_batch(&raw) {
         verdict.unwrap();
     }

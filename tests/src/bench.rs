@@ -137,7 +137,8 @@ impl LocalTestnet {
         self.dir.join(format!("node{i}.log"))
     }
 
-    /// Starts node `i` (`RUST_LOG=warn`, log appended to `node<i>.log`).
+    /// Starts node `i` (`RUST_LOG=warn`, or `KEYREG_BENCH_NODE_LOG` when
+    /// set; log appended to `node<i>.log`).
     pub fn start(&mut self, i: usize) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -149,7 +150,10 @@ impl LocalTestnet {
             command.arg("--persistent-peers").arg(peers.join(","));
         }
         let child = command
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("KEYREG_BENCH_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

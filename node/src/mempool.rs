@@ -4,12 +4,13 @@
 //!   (HTTP 503) instead of evicting, so a flood cannot push out honest
 //!   transactions already accepted.
 //! * Transactions submitted to this node leave a quarter of the limits
-//!   ([`PEER_RESERVE`]) to transactions gossiped by peers. Every pool holds about the same transactions, so
-//!   without the reserve a pool near its limit would admit a submission
-//!   that its peers, as full, then refuse: they fetch it when it is
-//!   proposed, a round trip per height that grows the backlog that filled
-//!   the pools (with links of 50 ms, throughput fell by a third,
-//!   docs/benchmarks.md session 21). With it, the API refuses first.
+//!   ([`PEER_RESERVE`]) to transactions gossiped by peers. Every pool
+//!   holds about the same transactions, so without the reserve a pool near
+//!   its limit would admit a submission that its peers, as full, then
+//!   refuse: they fetch it when it is proposed, a round trip per height,
+//!   which grows the backlog that filled the pools (docs/benchmarks.md,
+//!   session 21: with links of 100 ms, throughput halved). With it, the
+//!   API refuses first.
 //! * Deduplicated by transaction hash.
 //! * Stateless checks (well-formedness, chain id, signatures, batch-verified
 //!   across every transaction that arrives together) run before entry and

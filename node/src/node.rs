@@ -235,8 +235,9 @@ impl Shared {
     }
 
     /// Decodes and statelessly checks a batch of transactions (signatures
-    /// batch-verified together), then admits the valid ones to the mempool.
-    /// One verdict per input, in order.
+    /// batch-verified together), then admits the valid ones to the mempool,
+    /// each within its origin's share of the limits. One verdict per input,
+    /// in order.
     pub fn submit_batch(&self, raw: &[(&[u8], Origin)]) -> Vec<Result<Hash, SubmitError>> {
         let mut verdicts: Vec<Result<Hash, SubmitError>> = Vec::with_capacity(raw.len());
         let mut decoded = Vec::new();

@@ -126,7 +126,13 @@ pub struct ConsensusConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MempoolConfig {
+    /// Transactions held, at most. The default holds about 15 heights of
+    /// full blocks: with links of 100 ms one way, 20 000 (the earlier
+    /// default) filled up under load and left validators fetching what
+    /// their pools had refused (docs/benchmarks.md, session 21). About
+    /// 1 KB of memory per transaction held.
     pub max_txs: usize,
+    /// Encoded bytes of the transactions held, at most.
     pub max_bytes: usize,
 }
 
@@ -198,7 +204,7 @@ impl Default for ConsensusConfig {
 impl Default for MempoolConfig {
     fn default() -> Self {
         MempoolConfig {
-            max_txs: 20_000,
+            max_txs: 50_000,
             max_bytes: 64 << 20,
         }
     }

@@ -9,8 +9,8 @@
 //!   its limit would admit a submission that its peers, as full, then
 //!   refuse: they fetch it when it is proposed, a round trip per height,
 //!   which grows the backlog that filled the pools (docs/benchmarks.md,
-//!   session 21: with links of 100 ms, throughput halved). With it, the
-//!   API refuses first.
+//!   session 21: with links of 100 ms one way, less than half the
+//!   throughput). With it, the API refuses first.
 //! * Deduplicated by transaction hash.
 //! * Stateless checks (well-formedness, chain id, signatures, batch-verified
 //!   across every transaction that arrives together) run before entry and

@@ -11,6 +11,8 @@
 //! * A peer gossiping a batch with a forged signature gets the batch
 //!   refused for relay (its valid transactions are still admitted); its
 //!   valid batch is admitted and relayed, but not back to it.
+//! * Submissions fill three quarters of a node's mempool; the last quarter
+//!   takes transactions gossiped by peers.
 //! * A node stops at once even while a peer holds its sync request
 //!   unanswered.
 //!
@@ -373,14 +375,27 @@ async fn a_certified_header_served_with_other_transactions_is_refused() {
 /// validator never starts: a liar holds its key and address, so the
 /// running observer's only peer is the liar.
 async fn observer_beside_a_liar(dir: &Path, stride: u16) -> (Network, RunningNode) {
+    observer_with_mempool_beside_a_liar(dir, stride, None).await
+}
+
+/// [`observer_beside_a_liar`] whose observer holds at most `mempool_txs`
+/// transactions (the default when `None`). Nothing commits, so its mempool
+/// only fills.
+async fn observer_with_mempool_beside_a_liar(
+    dir: &Path,
+    stride: u16,
+    mempool_txs: Option<usize>,
+) -> (Network, RunningNode) {
     let (_, layout) = loopback_testnet(dir, CHAIN, 1, 1, stride, 0);
     let (validator_home, observer_home) = (&layout[0].home, &layout[1].home);
     let validator_key = read_key_file(&validator_home.join("node.key"), None).unwrap();
     let observer_key = read_key_file(&observer_home.join("node.key"), None).unwrap();
     let liar = start_liar(&validator_key, &observer_key, &layout[0].p2p_address).await;
-    let observer = node::start(observer_home, fast_config(observer_home))
-        .await
-        .unwrap();
+    let mut config = fast_config(observer_home);
+    if let Some(max_txs) = mempool_txs {
+        config.mempool.max_txs = max_txs;
+    }
+    let observer = node::start(observer_home, config).await.unwrap();
     (liar, observer)
 }
 
@@ -436,6 +451,72 @@ async fn a_gossiped_batch_with_a_forged_signature_is_refused_and_not_relayed() {
             "the liar got {event:?}"
         );
     }
+
+    observer.stop().await.unwrap();
+    liar.handle.shutdown().await;
+    liar.task.await.unwrap();
+}
+
+/// Submissions through a node's API fill three quarters of its mempool;
+/// the last quarter still takes transactions gossiped by its peers, so a
+/// transaction a peer admitted finds room here and is not fetched later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_leave_a_quarter_of_the_mempool_to_gossip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (liar, observer) = observer_with_mempool_beside_a_liar(dir.path(), 29, Some(8)).await;
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let deadline = Instant::now() + DEADLINE;
+    while liar.handle.status().await.unwrap().topic_peers.get("tx") != Some(&1) {
+        assert!(Instant::now() < deadline, "the observer never subscribed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Seven submitted: six admitted (three quarters of 8), the last busy.
+    let submitted: Vec<Transaction> = (0..7)
+        .map(|i| registration(&admin, &format!("demo/submitted-{i}")))
+        .collect();
+    let hexes: Vec<String> = submitted
+        .iter()
+        .map(|tx| hex::encode(tx.to_bytes()))
+        .collect();
+    let (status, body) = post(
+        observer.api_addr,
+        "/v1/transactions/batch",
+        json!({ "txs": hexes }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().unwrap();
+    for result in &results[..6] {
+        assert_eq!(result["status"], "pending", "{result}");
+    }
+    assert_eq!(results[6]["error"]["code"], "busy", "{body}");
+    assert_eq!(observer.shared.mempool_len(), 6);
+
+    // Gossiped by the peer: two fill the reserved quarter, a third finds
+    // the pool full.
+    let gossiped: Vec<Transaction> = (0..3)
+        .map(|i| registration(&admin, &format!("demo/gossiped-{i}")))
+        .collect();
+    let metrics = &observer.shared.metrics;
+    for (batch, verdict) in [
+        (&gossiped[..2], RelayVerdict::Relay),
+        (&gossiped[2..], RelayVerdict::Ignore),
+    ] {
+        let bytes: Vec<Vec<u8>> = batch.iter().map(Canonical::to_bytes).collect();
+        liar.handle
+            .publish(Topic::Transactions, encode_tx_batch(&bytes))
+            .await
+            .unwrap();
+        while metrics.gossip_batches(verdict) != 1 {
+            assert!(Instant::now() < deadline, "no {verdict:?} verdict");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(observer.shared.is_pending(&gossiped[0].hash()));
+    assert!(observer.shared.is_pending(&gossiped[1].hash()));
+    assert!(!observer.shared.is_pending(&gossiped[2].hash()));
+    assert_eq!(observer.shared.mempool_len(), 8);
 
     observer.stop().await.unwrap();
     liar.handle.shutdown().await;

@@ -133,6 +133,13 @@ impl LocalTestnet {
         Ok(())
     }
 
+    /// Bytes carried so far between nodes by the links of
+    /// [`delay_links`](Self::delay_links), and how many links there are.
+    pub fn link_bytes(&self) -> (u64, usize) {
+        let bytes = self.links.iter().map(DelayLink::carried_bytes).sum();
+        (bytes, self.links.len())
+    }
+
     fn log_path(&self, i: usize) -> PathBuf {
         self.dir.join(format!("node{i}.log"))
     }

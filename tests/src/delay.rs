@@ -13,7 +13,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -39,6 +39,8 @@ pub struct DelayLink {
     /// Both ends of every connection accepted so far, to shut down on drop
     /// (which wakes the threads blocked reading them).
     sockets: Arc<Mutex<Vec<TcpStream>>>,
+    /// Bytes carried so far, both directions of every connection.
+    carried: Arc<AtomicU64>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -57,18 +59,26 @@ impl DelayLink {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let sockets = Arc::new(Mutex::new(Vec::new()));
+        let carried = Arc::new(AtomicU64::new(0));
         let accept = {
-            let (stop, sockets) = (stop.clone(), sockets.clone());
+            let (stop, sockets, carried) = (stop.clone(), sockets.clone(), carried.clone());
+            let line = Line { one_way, carried };
             thread::Builder::new()
                 .name("delay-accept".into())
-                .spawn(move || accept_loop(&listener, target, one_way, &stop, &sockets))?
+                .spawn(move || accept_loop(&listener, target, &line, &stop, &sockets))?
         };
         Ok(DelayLink {
             addr,
             stop,
             sockets,
+            carried,
             accept: Some(accept),
         })
+    }
+
+    /// Bytes the link has carried so far (read off either end).
+    pub fn carried_bytes(&self) -> u64 {
+        self.carried.load(Ordering::Relaxed)
     }
 
     /// Where to connect to reach the target through the delay.
@@ -90,17 +100,24 @@ impl Drop for DelayLink {
     }
 }
 
+/// What every connection of a link shares: its delay and its byte count.
+#[derive(Clone)]
+struct Line {
+    one_way: Duration,
+    carried: Arc<AtomicU64>,
+}
+
 fn accept_loop(
     listener: &TcpListener,
     target: SocketAddr,
-    one_way: Duration,
+    line: &Line,
     stop: &AtomicBool,
     sockets: &Mutex<Vec<TcpStream>>,
 ) {
     while !stop.load(Ordering::Acquire) {
         match listener.accept() {
             Ok((inbound, _)) => {
-                if let Err(e) = forward(inbound, target, one_way, sockets) {
+                if let Err(e) = forward(inbound, target, line, sockets) {
                     eprintln!("delay link to {target}: {e}");
                 }
             }
@@ -117,7 +134,7 @@ fn accept_loop(
 fn forward(
     inbound: TcpStream,
     target: SocketAddr,
-    one_way: Duration,
+    line: &Line,
     sockets: &Mutex<Vec<TcpStream>>,
 ) -> io::Result<()> {
     inbound.set_nonblocking(false)?;
@@ -136,35 +153,36 @@ fn forward(
         sockets.push(inbound.try_clone()?);
         sockets.push(outbound.try_clone()?);
     }
-    delay_line(inbound.try_clone()?, outbound.try_clone()?, one_way)?;
-    delay_line(outbound, inbound, one_way)
+    delay_line(inbound.try_clone()?, outbound.try_clone()?, line.clone())?;
+    delay_line(outbound, inbound, line.clone())
 }
 
 /// Copies `from` to `to`, each chunk `one_way` after it was read: a reader
 /// thread stamps chunks into a bounded queue, a writer thread sends each
 /// when it is due. EOF is passed on as a write shutdown once the queue has
 /// drained; an error on either side ends both threads.
-fn delay_line(from: TcpStream, to: TcpStream, one_way: Duration) -> io::Result<()> {
+fn delay_line(from: TcpStream, to: TcpStream, line: Line) -> io::Result<()> {
     let (queue, due) = sync_channel::<(Instant, Vec<u8>)>(MAX_CHUNKS_IN_FLIGHT);
     thread::Builder::new()
         .name("delay-read".into())
-        .spawn(move || read_chunks(from, &queue, one_way))?;
+        .spawn(move || read_chunks(from, &queue, &line))?;
     thread::Builder::new()
         .name("delay-write".into())
         .spawn(move || write_when_due(to, &due))?;
     Ok(())
 }
 
-fn read_chunks(mut from: TcpStream, queue: &SyncSender<(Instant, Vec<u8>)>, one_way: Duration) {
+fn read_chunks(mut from: TcpStream, queue: &SyncSender<(Instant, Vec<u8>)>, line: &Line) {
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        line.carried.fetch_add(n as u64, Ordering::Relaxed);
         let chunk = buf.get(..n).unwrap_or_default().to_vec();
         // Blocks while the line is full; fails once the writer is gone.
-        if queue.send((Instant::now() + one_way, chunk)).is_err() {
+        if queue.send((Instant::now() + line.one_way, chunk)).is_err() {
             let _ = from.shutdown(Shutdown::Read);
             return;
         }
@@ -221,6 +239,8 @@ mod tests {
         writing.join().expect("writer").expect("write");
         assert!(echoed == sent, "bytes changed on the way");
         assert!(elapsed >= 2 * one_way, "round trip took {elapsed:?}");
+        // Every byte crossed twice: there and back.
+        assert_eq!(link.carried_bytes(), 2 * sent.len() as u64);
     }
 
     #[test]

@@ -754,6 +754,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     }
     let batching_before = metrics_texts(nodes);
     let cpu_before = CpuReading::take(net)?;
+    let (link_bytes_before, links) = net.link_bytes();
     let Saturation {
         load,
         submit_end,
@@ -787,6 +788,17 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         span.as_secs_f64()
     );
     print_thread_split(&cpu_before, &cpu_after);
+    if links > 0 {
+        let carried = net.link_bytes().0.saturating_sub(link_bytes_before) as f64;
+        let seconds = span.as_secs_f64().max(1e-9);
+        // A link per node and peer it dials, so two per pair of nodes.
+        let pairs = (links / 2).max(1) as f64;
+        println!(
+            "  between the nodes: {:.1} MB through the delayed links = {:.2} MB/s per pair of nodes (both ways together) on average",
+            carried / 1e6,
+            carried / 1e6 / seconds / pairs
+        );
+    }
     // The machine's speed drifts (shared VMs): the bound is measured again
     // now, with the nodes idle, and the ratio uses the higher of the two.
     let after = verification_bound(args.bound_seconds, args.validators);

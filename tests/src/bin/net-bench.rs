@@ -829,6 +829,10 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let batching_after = metrics_texts(nodes);
     print_batching(&batching_before, &batching_after);
     println!(
+        "  consensus round timeouts meanwhile, all nodes together: {}",
+        timeouts_between(&batching_before, &batching_after)
+    );
+    println!(
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
         metric_total(&batching_after, "keyreg_fetched_txs_total", "")
     );
@@ -877,18 +881,9 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         &stage_histograms(&metrics_before),
         &stage_histograms(&metrics_after),
     );
-    let (timeouts_before, timeouts_after) = (
-        round_timeouts(&metrics_before),
-        round_timeouts(&metrics_after),
-    );
     println!(
         "  consensus round timeouts meanwhile, all nodes together: {}",
-        ROUND_STEPS
-            .iter()
-            .zip(timeouts_after.iter().zip(&timeouts_before))
-            .map(|(step, (after, before))| format!("{step} {}", after.saturating_sub(*before)))
-            .collect::<Vec<_>>()
-            .join(", ")
+        timeouts_between(&metrics_before, &metrics_after)
     );
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
@@ -938,6 +933,18 @@ fn metric_total(texts: &[String], name: &str, labels: &str) -> u64 {
 
 /// The steps whose timeouts `keyreg_round_timeouts_total` counts.
 const ROUND_STEPS: [&str; 3] = ["propose", "prevote", "precommit"];
+
+/// The round timeouts between two readings of every node's metrics, by
+/// step: "propose 0, prevote 0, precommit 0" when no round failed.
+fn timeouts_between(before: &[String], after: &[String]) -> String {
+    let (before, after) = (round_timeouts(before), round_timeouts(after));
+    ROUND_STEPS
+        .iter()
+        .zip(after.iter().zip(&before))
+        .map(|(step, (after, before))| format!("{step} {}", after.saturating_sub(*before)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Round timeouts so far over all nodes, by step (as [`ROUND_STEPS`]).
 fn round_timeouts(texts: &[String]) -> [u64; 3] {

@@ -829,7 +829,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
     let batching_after = metrics_texts(nodes);
     print_batching(&batching_before, &batching_after);
     println!(
-        "  consensus round timeouts meanwhile, all nodes together: {}",
+        "  consensus round timeouts at saturation, all nodes together: {}",
         timeouts_between(&batching_before, &batching_after)
     );
     println!(

@@ -375,3 +375,115 @@ pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// Bytes of one page, as the probe below touches memory.
+const PAGE_BYTES: usize = 4096;
+
+/// What new memory costs this machine: every page a node's heap grows by,
+/// and every page of file data it writes (RocksDB's flushes, compactions
+/// and log go through the page cache), is a page the kernel supplies the
+/// first time it is written. In a virtual machine whose kernel hands freed
+/// memory back to the host (free page reporting), each such page can cost
+/// the host a fault of its own, again after every time it was freed; memory
+/// freed recently may not be reported yet, so the probe touches more than
+/// the reporting's backlog and reads the cost segment by segment.
+/// docs/benchmarks.md, session 22.
+#[derive(Debug, Clone)]
+pub struct FreshMemory {
+    /// Pages per segment.
+    pub segment_pages: usize,
+    /// Writing one byte into each page of a new zeroed mapping, segment by
+    /// segment in address order.
+    pub first_touch: Vec<Duration>,
+    /// The same writes again over the whole mapping, its pages now mapped.
+    pub touched_again: Duration,
+}
+
+impl FreshMemory {
+    /// Measures it on `segments` segments of `segment_bytes` of new memory
+    /// (rounded up to whole pages).
+    pub fn measure(segments: usize, segment_bytes: usize) -> Self {
+        let segment_pages = segment_bytes.div_ceil(PAGE_BYTES).max(1);
+        // A zeroed allocation this large is a new mapping whose pages the
+        // kernel supplies on the first write to each (glibc's calloc does
+        // not write them).
+        let mut memory = vec![0u8; segments.max(1) * segment_pages * PAGE_BYTES];
+        let touch = |segment: &mut [u8], value: u8| {
+            let started = Instant::now();
+            for page in segment.chunks_mut(PAGE_BYTES) {
+                if let Some(first) = page.first_mut() {
+                    *first = value;
+                }
+            }
+            std::hint::black_box(&segment);
+            started.elapsed()
+        };
+        let first_touch = memory
+            .chunks_mut(segment_pages * PAGE_BYTES)
+            .map(|segment| touch(segment, 1))
+            .collect();
+        let touched_again = touch(&mut memory, 2);
+        FreshMemory {
+            segment_pages,
+            first_touch,
+            touched_again,
+        }
+    }
+
+    /// Microseconds per page of `took` over `pages`.
+    fn us_per_page(took: Duration, pages: usize) -> f64 {
+        took.as_secs_f64() * 1e6 / pages.max(1) as f64
+    }
+
+    /// One line: the first touch by segment, the second touch, and the
+    /// kernel's page reporting settings.
+    pub fn summary(&self) -> String {
+        let segments: Vec<String> = self
+            .first_touch
+            .iter()
+            .map(|took| format!("{:.2}", Self::us_per_page(*took, self.segment_pages)))
+            .collect();
+        let pages = self.segment_pages * self.first_touch.len();
+        format!(
+            "first touch {} us a page by {} MiB segment, touched again {:.3} us; free page reporting to the host: {}",
+            segments.join(" "),
+            (self.segment_pages * PAGE_BYTES) >> 20,
+            Self::us_per_page(self.touched_again, pages),
+            page_reporting().unwrap_or_else(|| "none".into()),
+        )
+    }
+}
+
+/// The kernel's free page reporting settings (`page_reporting_order`,
+/// `min_free_ms`), as `name=value` pairs, when it reports free pages to a
+/// hypervisor; `None` elsewhere.
+pub fn page_reporting() -> Option<String> {
+    let dir = Path::new("/sys/module/page_reporting/parameters");
+    let settings: Vec<String> = ["page_reporting_order", "min_free_ms"]
+        .iter()
+        .filter_map(|name| {
+            let value = std::fs::read_to_string(dir.join(name)).ok()?;
+            Some(format!("{name}={}", value.trim()))
+        })
+        .collect();
+    (!settings.is_empty()).then(|| settings.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_memory_probe_times_every_segment_in_whole_pages() {
+        let fresh = FreshMemory::measure(3, (1 << 20) + 1);
+        assert_eq!(fresh.segment_pages, 257, "a partial page counts whole");
+        assert_eq!(fresh.first_touch.len(), 3);
+        let summary = fresh.summary();
+        let by_segment = summary
+            .strip_prefix("first touch ")
+            .and_then(|rest| rest.split(" us a page").next())
+            .expect("the summary starts with the first touch's figures");
+        assert_eq!(by_segment.split(' ').count(), 3, "{summary}");
+        assert!(summary.contains("by 1 MiB segment"), "{summary}");
+    }
+}

@@ -31,7 +31,7 @@ use keyreg_registry::tx::{Authority, Transaction};
 use keyreg_registry::{verify_device_proof, DeviceProof};
 use keyreg_tests::bench::{
     add_thread_cpu_seconds, cpu_seconds, default_node_bin, ms, percentile, wait_for_height,
-    LocalTestnet,
+    FreshMemory, LocalTestnet,
 };
 
 /// How often the commit watcher and the revocation poller look (the
@@ -434,6 +434,12 @@ fn run_load(
 const SIGNATURES_PER_REGISTRATION: usize = 2;
 /// Signatures per batch when measuring the verification bound.
 const BOUND_BATCH: usize = 1024;
+/// The probe of what a new page costs ([`FreshMemory`]) touches this many
+/// segments of this many bytes: 2 GiB, more than the 1 GiB of freed memory
+/// a kernel seen here let wait before reporting it to the host; a few
+/// seconds at the slowest seen (11 us a page).
+const FRESH_MEMORY_SEGMENTS: usize = 8;
+const FRESH_MEMORY_SEGMENT_BYTES: usize = 256 << 20;
 
 /// The verification bound, measured before the nodes start: batch-verified
 /// Ed25519 signatures per second on every core for about `seconds`, divided
@@ -638,6 +644,7 @@ fn main() {
     };
     // Before the nodes start, so they do not compete with it.
     let bound = verification_bound(args.bound_seconds, args.validators);
+    let fresh = FreshMemory::measure(FRESH_MEMORY_SEGMENTS, FRESH_MEMORY_SEGMENT_BYTES);
     let started = LocalTestnet::generate(&node_bin, args.validators, None).and_then(|mut net| {
         if args.link_delay_ms > 0 {
             net.delay_links(Duration::from_millis(args.link_delay_ms))?;
@@ -652,7 +659,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = run(&args, &net, bound) {
+    if let Err(e) = run(&args, &net, bound, &fresh) {
         eprintln!("net-bench: {e:#}\n{}", net.log_tails());
         drop(net);
         std::process::exit(1);
@@ -722,7 +729,12 @@ fn warm_up(
 }
 
 /// `bound`: (signatures/s, tx/s) from [`verification_bound`].
-fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()> {
+fn run(
+    args: &Args,
+    net: &LocalTestnet,
+    bound: (f64, f64),
+    fresh: &FreshMemory,
+) -> anyhow::Result<()> {
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "net-bench: {} validators on loopback, {cores} cores shared by the nodes and this load generator",
@@ -739,6 +751,7 @@ fn run(args: &Args, net: &LocalTestnet, bound: (f64, f64)) -> anyhow::Result<()>
         "verification bound (before the nodes started): {:.0} signatures/s batch-verified on {cores} cores = {:.0} tx/s at {} validators x {SIGNATURES_PER_REGISTRATION} signatures",
         bound.0, bound.1, args.validators
     );
+    println!("new memory (before the nodes started): {}", fresh.summary());
     wait_for_height(&net.nodes, 2, Duration::from_secs(90))?;
     let anchor = TrustAnchor::from_genesis_file(&net.dir().join("genesis.json"))?;
     let admin = AdminKey::load(&net.dir().join("demo-admin.key"))?;

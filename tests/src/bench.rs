@@ -1,6 +1,6 @@
 //! What the benchmark binaries (`net-bench`, `scale-bench`) share: a local
 //! testnet of `keyreg-node` processes, CPU and memory readings from
-//! `/proc`, and percentiles.
+//! `/proc`, what a new page of memory costs the machine, and percentiles.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;

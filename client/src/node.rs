@@ -22,7 +22,7 @@ use thiserror::Error;
 
 /// Limit on responses that carry one proof, status, epoch or block (a
 /// committed block in hex is at most twice `MAX_EXPORT_RECORD_BYTES`).
-const MAX_SMALL_RESPONSE: u64 = 4 * 1024 * 1024;
+const MAX_SMALL_RESPONSE: u64 = 8 * 1024 * 1024;
 const _: () = assert!(2 * MAX_EXPORT_RECORD_BYTES as u64 + 4096 <= MAX_SMALL_RESPONSE);
 /// Most blocks one page may hold (the API's cap).
 pub use keyreg_registry::wire::MAX_BLOCKS_PER_PAGE;

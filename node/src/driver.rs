@@ -60,6 +60,13 @@ const MAX_FUTURE_DRIFT_MS: u64 = 15_000;
 /// Most transactions drained into one proposal (the block byte limit
 /// binds first).
 const MAX_TXS_PER_PROPOSAL: usize = MAX_BLOCK_TXS;
+/// Waiting transaction bytes (or count) that start the next height without
+/// waiting out the block interval: half a block. Under a backlog a proposal
+/// still takes up to a whole block, which keeps throughput on slow links,
+/// where a height's link crossings bound the heights per second; pacing by
+/// the whole block would hold moderate loads back longer than they need.
+const PACE_FULL_BYTES: usize = (MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES) / 2;
+const PACE_FULL_TXS: usize = MAX_TXS_PER_PROPOSAL / 2;
 /// Bound on pending timers (the engine keeps a handful per round).
 const MAX_TIMERS: usize = 4096;
 /// Bound on actions run for one input (each round of rules yields a few).
@@ -459,10 +466,10 @@ impl Driver {
             (mempool.len(), mempool.bytes())
         };
         // The interval is there to fill blocks at low load, not to idle
-        // under load: it shrinks as the waiting transactions fill a block,
-        // and a full block's worth waits for nobody.
-        let fill = (waiting_bytes as f64 / (MAX_BLOCK_BYTES - BLOCK_OVERHEAD_BYTES) as f64)
-            .max(waiting_txs as f64 / MAX_TXS_PER_PROPOSAL as f64)
+        // under load: it shrinks as the waiting transactions fill half a
+        // block, and that much waits for nobody.
+        let fill = (waiting_bytes as f64 / PACE_FULL_BYTES as f64)
+            .max(waiting_txs as f64 / PACE_FULL_TXS as f64)
             .min(1.0);
         let wait = self.min_interval.mul_f64(1.0 - fill);
         let ready = now >= pending.latest || (waiting_txs > 0 && now >= pending.committed + wait);

@@ -39,17 +39,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 /// Largest gossipsub RPC frame accepted or sent (libp2p's default is
-/// 64 KiB). Proposals carry whole blocks, which the registry caps at about
-/// 512 KiB; 1 MiB leaves room for the proposal envelope and the gossipsub
-/// framing and signature.
-pub const MAX_GOSSIP_FRAME: usize = 1 << 20;
+/// 64 KiB). A compact proposal carries a block's transaction hashes, at most
+/// `MAX_BLOCK_TXS` × 32 bytes (1 MiB) besides its header; 2 MiB leaves room
+/// for the proposal envelope and the gossipsub framing and signature.
+pub const MAX_GOSSIP_FRAME: usize = 2 << 20;
 /// Largest application payload [`NetworkHandle::publish`] accepts or a
 /// gossip event carries: the frame limit minus room for gossipsub's own
 /// envelope (topic, sequence number, source, signature, key).
 pub const MAX_GOSSIP_PAYLOAD: usize = MAX_GOSSIP_FRAME - 4096;
 /// Largest sync request: a query, at most a block's worth of transaction
 /// hashes.
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+pub const MAX_REQUEST_BYTES: usize = 2 << 20;
 const _: () = assert!(keyreg_registry::block::MAX_BLOCK_TXS * 32 + 1024 <= MAX_REQUEST_BYTES);
 // A compact proposal (header and every transaction hash) fits a gossip
 // payload, and one block with its certificate fits a sync response.

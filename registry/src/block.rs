@@ -15,7 +15,7 @@ use crate::tx::Transaction;
 /// synced write) spread over more transactions than at 512 KiB, which
 /// capped a 2-core testnet's commits (docs/benchmarks.md, session 9), and
 /// with validators 50–100 ms apart, where a height's link crossings bound
-/// the heights per second, 2 MiB commits 28–57 % more than 1 MiB did
+/// the heights per second, 2 MiB commits 21–57 % more than 1 MiB did
 /// (session 22); a compact proposal still fits a gossip frame, a block a
 /// sync response.
 pub const MAX_BLOCK_BYTES: usize = 2 * 1024 * 1024;

@@ -436,8 +436,8 @@ const SIGNATURES_PER_REGISTRATION: usize = 2;
 const BOUND_BATCH: usize = 1024;
 /// The probe of what a new page costs ([`FreshMemory`]) touches this many
 /// segments of this many bytes: 2 GiB, more than the 1 GiB of freed memory
-/// a kernel seen here let wait before reporting it to the host; a few
-/// seconds at the slowest seen (11 us a page).
+/// a kernel seen here let wait before reporting it to the host; about 8 s
+/// at the slowest seen (15.5 us a page).
 const FRESH_MEMORY_SEGMENTS: usize = 8;
 const FRESH_MEMORY_SEGMENT_BYTES: usize = 256 << 20;
 

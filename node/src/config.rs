@@ -126,8 +126,8 @@ pub struct ConsensusConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MempoolConfig {
-    /// Transactions held, at most. The default holds about 16 heights of
-    /// full blocks: with links of 100 ms one way, 20 000 (the earlier
+    /// Transactions held, at most. The default holds about 8 heights of
+    /// full 2 MiB blocks: with links of 100 ms one way, 20 000 (the earlier
     /// default) filled up under load and left validators fetching what
     /// their pools had refused (docs/benchmarks.md, session 21). About
     /// 1 KB of memory per transaction held.

@@ -234,9 +234,10 @@ impl NodeClient {
     /// either way it is in the node's pipeline. Checks that the node names
     /// the hash we computed.
     pub fn submit(&self, tx: &Transaction) -> Result<Hash, NodeError> {
-        let expected = tx.hash();
+        let bytes = tx.to_bytes();
+        let expected = Transaction::id_of_canonical(&bytes);
         let body = SubmitBody {
-            tx: hex::encode(tx.to_bytes()),
+            tx: hex::encode(&bytes),
         };
         let request = self.agent.post(&format!("{}/v1/transactions", self.base));
         match request.send_json(&body) {
@@ -268,7 +269,8 @@ impl NodeClient {
         let mut expected = Vec::new();
         let mut hex_len = 0;
         for tx in txs {
-            let hex = hex::encode(tx.to_bytes());
+            let bytes = tx.to_bytes();
+            let hex = hex::encode(&bytes);
             if !hexes.is_empty()
                 && (hexes.len() == MAX_SUBMIT_BATCH || hex_len + hex.len() > MAX_SUBMIT_BATCH_HEX)
             {
@@ -279,7 +281,7 @@ impl NodeClient {
             }
             hex_len += hex.len();
             hexes.push(hex);
-            expected.push(tx.hash());
+            expected.push(Transaction::id_of_canonical(&bytes));
         }
         if !hexes.is_empty() {
             verdicts.extend(self.post_batch(&hexes, &expected)?);

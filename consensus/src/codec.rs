@@ -7,6 +7,8 @@
 //! the very same bytes (unsorted or duplicate map keys, non-minimal forms).
 //! Every top-level structure starts with a version byte ([`Canonical::VERSION`]).
 
+use bincode::enc::write::{SizeWriter, Writer};
+use bincode::error::EncodeError;
 use bincode::{Decode, Encode};
 use thiserror::Error;
 
@@ -51,6 +53,37 @@ pub fn try_encode<T: Encode>(value: &T) -> Result<Vec<u8>, CodecError> {
     bincode::encode_to_vec(value, config()).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
+/// The length of a value's canonical encoding, without building it (a
+/// block's size check would otherwise copy megabytes into fresh memory).
+pub fn encoded_len<T: Encode>(value: &T) -> Result<usize, CodecError> {
+    let mut size = SizeWriter::default();
+    bincode::encode_into_writer(value, &mut size, config())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(size.bytes_written)
+}
+
+/// A writer that checks what is written against the expected bytes instead
+/// of storing it: re-encoding a decoded value through it is the canonical
+/// check with no second copy of the input.
+struct MatchWriter<'a> {
+    rest: &'a [u8],
+}
+
+/// `MatchWriter`'s error when the encoding departs from the input.
+const DIFFERS: &str = "differs from the input";
+
+impl Writer for MatchWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
+        match self.rest.strip_prefix(bytes) {
+            Some(rest) => {
+                self.rest = rest;
+                Ok(())
+            }
+            None => Err(EncodeError::Other(DIFFERS)),
+        }
+    }
+}
+
 /// Decodes exactly one canonical value from `bytes`.
 pub fn decode<T: Encode + Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_ENCODED_LEN {
@@ -61,10 +94,12 @@ pub fn decode<T: Encode + Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
     if read != bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - read));
     }
-    if try_encode(&value)? != bytes {
-        return Err(CodecError::NonCanonical);
+    let mut check = MatchWriter { rest: bytes };
+    match bincode::encode_into_writer(&value, &mut check, config()) {
+        Ok(()) if check.rest.is_empty() => Ok(value),
+        Ok(()) | Err(EncodeError::Other(DIFFERS)) => Err(CodecError::NonCanonical),
+        Err(e) => Err(CodecError::Encode(e.to_string())),
     }
-    Ok(value)
 }
 
 /// A top-level structure: canonical, and versioned by its first byte.
@@ -179,6 +214,29 @@ mod tests {
         swapped.extend_from_slice(&a_entry);
         swapped.extend_from_slice(&b[start + a_entry.len() + b_entry.len()..]);
         assert_eq!(Sample::from_bytes(&swapped), Err(CodecError::NonCanonical));
+    }
+
+    #[test]
+    fn rejects_duplicate_map_keys() {
+        // Decodes to a one-entry map, whose encoding is shorter than the input.
+        let entry = |v: Vec<u8>| ("a".to_string(), v);
+        let b = encode(&(
+            1u8,
+            true,
+            "x".to_string(),
+            2u64,
+            entry(vec![1]),
+            entry(vec![2, 3]),
+        ));
+        let b = [b, encode(&Some(7u32))].concat();
+        assert_eq!(Sample::from_bytes(&b), Err(CodecError::NonCanonical));
+    }
+
+    #[test]
+    fn encoded_len_is_the_length_of_the_encoding() {
+        let s = sample();
+        assert_eq!(encoded_len(&s), Ok(s.to_bytes().len()));
+        assert_eq!(encoded_len(&Vec::<u8>::new()), Ok(8));
     }
 
     #[test]

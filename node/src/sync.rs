@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyreg_consensus::codec::{Canonical, CodecError};
+use keyreg_consensus::codec::{encoded_len, Canonical, CodecError};
 use keyreg_consensus::Hash;
 use keyreg_registry::block::MAX_BLOCK_TXS;
 pub use keyreg_registry::wire::{SyncQuery, SyncReply, SyncRequest, SyncResponse};
@@ -62,7 +62,7 @@ pub fn serve(shared: &Shared, request: &[u8]) -> Vec<u8> {
             for height in from.max(1)..=last {
                 match ledger.committed_block(height) {
                     Ok(Some(block)) => {
-                        let size = block.to_bytes().len() + 8;
+                        let size = encoded_len(&block).unwrap_or(usize::MAX).saturating_add(8);
                         if size > budget {
                             break;
                         }
@@ -91,7 +91,7 @@ fn serve_transactions(shared: &Shared, hashes: &[Hash]) -> SyncReply {
     let mut budget = MAX_RESPONSE_BYTES - 1024;
     let mut txs = Vec::new();
     for tx in shared.pending_txs(hashes).into_iter().flatten() {
-        let size = tx.to_bytes().len() + 8;
+        let size = encoded_len(&tx).unwrap_or(usize::MAX).saturating_add(8);
         if size > budget {
             break;
         }

@@ -3,7 +3,7 @@
 
 use bincode::{Decode, Encode};
 use keyreg_consensus::certificate::CommitCertificate;
-use keyreg_consensus::codec::{try_encode, Canonical};
+use keyreg_consensus::codec::{encoded_len, Canonical};
 use keyreg_consensus::crypto::{hash, hash_parts, Domain, Hash, PublicKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -313,7 +313,7 @@ impl Block {
                 found: h.validator_set_hash,
             });
         }
-        let size = try_encode(self).map(|b| b.len()).unwrap_or(usize::MAX);
+        let size = encoded_len(self).unwrap_or(usize::MAX);
         if size > MAX_BLOCK_BYTES {
             return Err(BlockError::TooLarge { size });
         }

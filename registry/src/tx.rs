@@ -502,9 +502,8 @@ impl Transaction {
                 found: self.chain_id.clone(),
             });
         }
-        let size = keyreg_consensus::codec::try_encode(self)
-            .map_err(|e| TxError::Malformed(e.to_string()))?
-            .len();
+        let size = keyreg_consensus::codec::encoded_len(self)
+            .map_err(|e| TxError::Malformed(e.to_string()))?;
         check_len(SizeLimit::Transaction, size, MAX_TX_BYTES)?;
         check_len(
             SizeLimit::Signatures,

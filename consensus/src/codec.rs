@@ -218,7 +218,7 @@ mod tests {
 
     #[test]
     fn rejects_duplicate_map_keys() {
-        // Decodes to a one-entry map, whose encoding is shorter than the input.
+        // Decodes to a one-entry map, which re-encodes with a count of 1, not 2.
         let entry = |v: Vec<u8>| ("a".to_string(), v);
         let b = encode(&(
             1u8,

@@ -6,7 +6,10 @@
 //!  [--rate 20] [--threads 4] [--batch 1] [--latency-seconds 10] [--lookup-seconds 5]
 //!  [--revocations 100] [--revocation-rate 10] [--bound-seconds 2] [--warm-up-txs 0]
 //!  [--link-delay-ms 0]
-//!  [--node-bin PATH]`
+//!  [--node-bin PATH] [--keep-dir DIR]`
+//!
+//! `--keep-dir` puts the testnet in DIR (which must not exist) and keeps it,
+//! with each node's log (`node<i>.log`, filtered by `KEYREG_BENCH_NODE_LOG`).
 //!
 //! Needs `keyreg-node` built in the same target directory
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
@@ -62,6 +65,9 @@ struct Args {
     /// One-way delay of every link between two nodes (0: plain loopback).
     link_delay_ms: u64,
     node_bin: Option<PathBuf>,
+    /// Where the testnet goes (its homes and the nodes' logs), kept after
+    /// the run; a temporary directory, removed at the end, when unset.
+    keep_dir: Option<PathBuf>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -79,6 +85,7 @@ fn parse_args() -> anyhow::Result<Args> {
         warm_up_txs: 0,
         link_delay_ms: 0,
         node_bin: None,
+        keep_dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -98,6 +105,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--warm-up-txs" => args.warm_up_txs = value.parse().with_context(bad)?,
             "--link-delay-ms" => args.link_delay_ms = value.parse().with_context(bad)?,
             "--node-bin" => args.node_bin = Some(PathBuf::from(value)),
+            "--keep-dir" => args.keep_dir = Some(PathBuf::from(value)),
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -645,13 +653,14 @@ fn main() {
     // Before the nodes start, so they do not compete with it.
     let bound = verification_bound(args.bound_seconds, args.validators);
     let fresh = FreshMemory::measure(FRESH_MEMORY_SEGMENTS, FRESH_MEMORY_SEGMENT_BYTES);
-    let started = LocalTestnet::generate(&node_bin, args.validators, None).and_then(|mut net| {
-        if args.link_delay_ms > 0 {
-            net.delay_links(Duration::from_millis(args.link_delay_ms))?;
-        }
-        net.start_all()?;
-        Ok(net)
-    });
+    let started = LocalTestnet::generate(&node_bin, args.validators, args.keep_dir.as_deref())
+        .and_then(|mut net| {
+            if args.link_delay_ms > 0 {
+                net.delay_links(Duration::from_millis(args.link_delay_ms))?;
+            }
+            net.start_all()?;
+            Ok(net)
+        });
     let net = match started {
         Ok(net) => net,
         Err(e) => {
@@ -841,13 +850,17 @@ fn run(
     );
     let batching_after = metrics_texts(nodes);
     print_batching(&batching_before, &batching_after);
+    print_stages(
+        &stage_histograms(&batching_before),
+        &stage_histograms(&batching_after),
+    );
     println!(
         "  consensus round timeouts at saturation, all nodes together: {}",
         timeouts_between(&batching_before, &batching_after)
     );
     println!(
         "  proposal transactions the validators had to fetch (not gossiped to them in time): {}",
-        metric_total(&batching_after, "keyreg_fetched_txs_total", "")
+        fetched_between(&batching_before, &batching_after)
     );
     let checked = metric_total(&batching_after, "keyreg_checked_txs_total", "").saturating_sub(
         metric_total(&batching_before, "keyreg_checked_txs_total", ""),
@@ -894,10 +907,7 @@ fn run(
         &stage_histograms(&metrics_before),
         &stage_histograms(&metrics_after),
     );
-    println!(
-        "  consensus round timeouts meanwhile, all nodes together: {}",
-        timeouts_between(&metrics_before, &metrics_after)
-    );
+    print_phase_rounds(&metrics_before, &metrics_after);
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
     revocation_phase(
@@ -942,6 +952,21 @@ fn metric_total(texts: &[String], name: &str, labels: &str) -> u64 {
             (labelled && series.contains(labels)).then(|| value.parse::<u64>().ok())?
         })
         .sum()
+}
+
+/// What slowed heights down between two readings of every node's metrics:
+/// rounds that timed out, and proposal transactions fetched from a peer.
+fn print_phase_rounds(before: &[String], after: &[String]) {
+    println!(
+        "  consensus round timeouts meanwhile, all nodes together: {}; proposal transactions fetched: {}",
+        timeouts_between(before, after),
+        fetched_between(before, after)
+    );
+}
+
+fn fetched_between(before: &[String], after: &[String]) -> u64 {
+    let fetched = |texts| metric_total(texts, "keyreg_fetched_txs_total", "");
+    fetched(after).saturating_sub(fetched(before))
 }
 
 /// The steps whose timeouts `keyreg_round_timeouts_total` counts.
@@ -1202,6 +1227,7 @@ fn revocation_phase(
     let pending: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
     let submissions_done = AtomicBool::new(false);
     let phase_deadline = Duration::from_secs_f64(revocation_seconds) + COMMIT_DEADLINE;
+    let metrics_before = metrics_texts(nodes);
     let phase_start = Instant::now();
     let (visible, revocation_failures) = thread::scope(|s| -> anyhow::Result<_> {
         let background_load = s.spawn(|| {
@@ -1257,6 +1283,7 @@ fn revocation_phase(
             background.submitted.iter().flatten().count(),
             background.busy_retries
         );
+        print_phase_rounds(&metrics_before, &metrics_texts(nodes));
         Ok((visible, failures))
     })?;
     let mut visible = visible;

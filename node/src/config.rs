@@ -112,7 +112,9 @@ pub struct ApiLimits {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsensusConfig {
-    /// Minimum time between two blocks this node proposes, in milliseconds.
+    /// Least time from the start of one height to the start of the next
+    /// while transactions wait, in milliseconds (shortened as half a block's
+    /// worth fills; see the driver's pacing).
     pub min_block_interval_ms: u64,
     /// With an empty mempool, the longest time before an empty "heartbeat"
     /// block, so certified headers stay fresh for light clients.

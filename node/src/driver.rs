@@ -14,12 +14,15 @@
 //!   synced batch (the ledger's), updates the mempool, and at an epoch change
 //!   updates the network allow-list.
 //! * Pacing: the next height starts once transactions are waiting and
-//!   `min_block_interval` has passed since the previous commit, shortened in
-//!   proportion to how much of a block is waiting (a full block's worth
-//!   starts at once), except that an
-//!   empty "heartbeat" block is produced every `heartbeat_interval` so
-//!   certified headers stay fresh for light clients. A message for the next
-//!   height from another validator starts it at once.
+//!   `min_block_interval` has passed since the previous height started,
+//!   shortened in proportion to how much of a block is waiting (half a
+//!   block's worth starts at once), except that an empty "heartbeat" block
+//!   is produced every `heartbeat_interval` so certified headers stay fresh
+//!   for light clients. Counting from the start, not the commit, means a
+//!   height that took longer than the interval (slow links) is followed at
+//!   once: the interval spaces blocks out, it does not add to a height's
+//!   time. A message for the next height from another validator starts it
+//!   at once.
 
 use std::borrow::Cow;
 use std::cmp::Reverse;
@@ -104,8 +107,31 @@ fn engine_config(c: &ConsensusConfig) -> keyreg_consensus::Config {
 
 /// When the next height may start (see the module docs).
 struct PendingStart {
-    committed: Instant,
+    /// When the height just committed started here (its commit, when this
+    /// node did not start it: the first after start-up or sync).
+    previous_start: Instant,
     latest: Instant,
+}
+
+impl PendingStart {
+    /// Whether the next height starts at `now`, with `waiting_txs`
+    /// transactions of `waiting_bytes` in the mempool.
+    fn is_due(
+        &self,
+        now: Instant,
+        min_interval: Duration,
+        waiting_txs: usize,
+        waiting_bytes: usize,
+    ) -> bool {
+        // The interval is there to fill blocks at low load, not to idle
+        // under load: it shrinks as the waiting transactions fill half a
+        // block, and that much waits for nobody.
+        let fill = (waiting_bytes as f64 / PACE_FULL_BYTES as f64)
+            .max(waiting_txs as f64 / PACE_FULL_TXS as f64)
+            .min(1.0);
+        let wait = min_interval.mul_f64(1.0 - fill);
+        now >= self.latest || (waiting_txs > 0 && now >= self.previous_start + wait)
+    }
 }
 
 pub struct Driver {
@@ -460,20 +486,16 @@ impl Driver {
         let Some(pending) = &self.pending_start else {
             return Ok(());
         };
-        let now = Instant::now();
         let (waiting_txs, waiting_bytes) = {
             let mempool = self.shared.mempool();
             (mempool.len(), mempool.bytes())
         };
-        // The interval is there to fill blocks at low load, not to idle
-        // under load: it shrinks as the waiting transactions fill half a
-        // block, and that much waits for nobody.
-        let fill = (waiting_bytes as f64 / PACE_FULL_BYTES as f64)
-            .max(waiting_txs as f64 / PACE_FULL_TXS as f64)
-            .min(1.0);
-        let wait = self.min_interval.mul_f64(1.0 - fill);
-        let ready = now >= pending.latest || (waiting_txs > 0 && now >= pending.committed + wait);
-        if ready {
+        if pending.is_due(
+            Instant::now(),
+            self.min_interval,
+            waiting_txs,
+            waiting_bytes,
+        ) {
             self.start_next_height().await?;
         }
         Ok(())
@@ -689,7 +711,8 @@ impl Driver {
             (old_epoch, ledger.validator_set().clone())
         };
         observe_since(&self.shared.metrics.block_commit_seconds, started);
-        if let Some(height_started) = self.height_started.take() {
+        let height_started = self.height_started.take();
+        if let Some(height_started) = height_started {
             observe_since(&self.shared.metrics.height_seconds, height_started);
         }
         self.executions.clear();
@@ -734,7 +757,7 @@ impl Driver {
         let now = Instant::now();
         let follower = next_set.index_of(&self.key.public()).is_none();
         self.pending_start = Some(PendingStart {
-            committed: now,
+            previous_start: height_started.unwrap_or(now),
             // A follower (observer) never proposes: no reason to wait.
             latest: if follower { now } else { now + self.heartbeat },
         });
@@ -782,5 +805,62 @@ impl Driver {
             "equivocation evidence recorded"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_millis(200);
+    const HEARTBEAT: Duration = Duration::from_secs(3);
+
+    /// A height that started at `t0` and committed `took` later.
+    fn committed_after(t0: Instant, took: Duration) -> PendingStart {
+        PendingStart {
+            previous_start: t0,
+            latest: t0 + took + HEARTBEAT,
+        }
+    }
+
+    #[test]
+    fn a_height_slower_than_the_interval_is_followed_at_once() {
+        let t0 = Instant::now();
+        let took = Duration::from_millis(450);
+        let pending = committed_after(t0, took);
+        // One small transaction waiting, right at the commit.
+        assert!(pending.is_due(t0 + took, INTERVAL, 1, 300));
+    }
+
+    #[test]
+    fn a_quick_height_waits_out_the_rest_of_the_interval() {
+        let t0 = Instant::now();
+        let took = Duration::from_millis(50);
+        let pending = committed_after(t0, took);
+        assert!(!pending.is_due(t0 + took, INTERVAL, 1, 300));
+        assert!(!pending.is_due(t0 + Duration::from_millis(190), INTERVAL, 1, 300));
+        assert!(pending.is_due(t0 + INTERVAL, INTERVAL, 1, 300));
+    }
+
+    #[test]
+    fn the_interval_shrinks_as_half_a_block_fills() {
+        let t0 = Instant::now();
+        let took = Duration::from_millis(20);
+        let pending = committed_after(t0, took);
+        assert!(pending.is_due(t0 + took, INTERVAL, 1, PACE_FULL_BYTES));
+        assert!(pending.is_due(t0 + took, INTERVAL, PACE_FULL_TXS, 0));
+        // A quarter of half a block waits 150 ms, not 200, from the start.
+        let quarter = PACE_FULL_BYTES / 4;
+        assert!(!pending.is_due(t0 + Duration::from_millis(140), INTERVAL, 1, quarter));
+        assert!(pending.is_due(t0 + Duration::from_millis(151), INTERVAL, 1, quarter));
+    }
+
+    #[test]
+    fn an_empty_mempool_waits_for_the_heartbeat() {
+        let t0 = Instant::now();
+        let took = Duration::from_millis(450);
+        let pending = committed_after(t0, took);
+        assert!(!pending.is_due(t0 + took + HEARTBEAT / 2, INTERVAL, 0, 0));
+        assert!(pending.is_due(pending.latest, INTERVAL, 0, 0));
     }
 }

@@ -15,7 +15,7 @@ use keyreg_registry::tx::MAX_TX_BYTES;
 use keyreg_registry::wire::CompactBlock;
 use keyreg_registry::{
     check_stateless_all, CommittedBlock, Genesis, HashedTx, Ledger, LedgerError, RocksLedgerStore,
-    StoreError, Transaction, TxError,
+    StoreError, Transaction, TxBody, TxError,
 };
 use libp2p::Multiaddr;
 use thiserror::Error;
@@ -28,7 +28,7 @@ use crate::config::{Config, DATA_DIR, GENESIS_FILE, KEY_FILE};
 use crate::driver::{self, Driver};
 use crate::epochs;
 use crate::keys::{read_key_file, KeyFileError};
-use crate::mempool::{Mempool, MempoolError, MempoolLimits, Origin, PoolTx};
+use crate::mempool::{Lane, Mempool, MempoolError, MempoolLimits, Origin, PoolTx};
 use crate::metrics::Metrics;
 use crate::network::{self, NetworkConfig, NetworkEvent, NetworkHandle, RelayVerdict};
 use crate::{api, sync};
@@ -68,6 +68,17 @@ impl PoolTx for HashedTx {
     }
     fn encoded_len(&self) -> usize {
         self.size
+    }
+    fn urgent_key(&self) -> Option<Hash> {
+        urgent_key(&self.tx)
+    }
+}
+
+/// A revocation may wait in the mempool's urgent lane, one per device.
+fn urgent_key(tx: &Transaction) -> Option<Hash> {
+    match &tx.body {
+        TxBody::RevokeDevice(revocation) => Some(revocation.name.state_key()),
+        _ => None,
     }
 }
 
@@ -285,12 +296,15 @@ impl Shared {
             .unzip();
         let checks = check_stateless_all(&self.chain_id, &txs);
         self.metrics.checked_txs.inc_by(txs.len() as u64);
+        let lanes = self.lanes(&txs, &checks);
         let mut mempool = self.mempool();
-        for (((slot, origin, hash, size), tx), check) in entries.into_iter().zip(txs).zip(checks) {
+        for ((((slot, origin, hash, size), tx), check), lane) in
+            entries.into_iter().zip(txs).zip(checks).zip(lanes)
+        {
             let verdict = match check {
                 Err(e) => Err(SubmitError::Invalid(e)),
                 Ok(()) => mempool
-                    .insert(HashedTx { tx, hash, size }, origin)
+                    .insert(HashedTx { tx, hash, size }, origin, lane)
                     .map_err(SubmitError::from),
             };
             // `slot` indexes the verdict pushed for this input above.
@@ -300,6 +314,31 @@ impl Shared {
         }
         self.metrics.mempool_size.set(mempool.len() as i64);
         verdicts
+    }
+
+    /// The mempool lane of each of `txs` (`checks`: their stateless
+    /// verdicts): urgent for a revocation that would succeed at the head,
+    /// which a dry run there tells (module docs of [`crate::mempool`]).
+    /// Read before the mempool is locked: the driver holds the ledger while
+    /// it takes the mempool, never the other way round.
+    fn lanes(&self, txs: &[Transaction], checks: &[Result<(), TxError>]) -> Vec<Lane> {
+        if txs.iter().all(|tx| urgent_key(tx).is_none()) {
+            return vec![Lane::Normal; txs.len()];
+        }
+        let ledger = self.read_ledger();
+        txs.iter()
+            .zip(checks)
+            .map(|(tx, check)| {
+                let urgent = check.is_ok()
+                    && urgent_key(tx).is_some()
+                    && matches!(ledger.check_tx(tx), Ok(Ok(())));
+                if urgent {
+                    Lane::Urgent
+                } else {
+                    Lane::Normal
+                }
+            })
+            .collect()
     }
 
     fn decode_and_precheck(&self, bytes: &[u8], origin: Origin) -> Result<HashedTx, SubmitError> {

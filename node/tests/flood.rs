@@ -23,9 +23,11 @@ use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::config::ApiLimits;
 use keyreg_node::metrics::Rejection;
-use keyreg_node::node::{self, RunningNode};
+use keyreg_node::node::{self, RunningNode, SubmitError};
 use keyreg_registry::testkit::test_agreement_key;
-use keyreg_registry::{DeviceName, DeviceRegistration, Transaction, TxBody};
+use keyreg_registry::{
+    Authority, DeviceName, DeviceRegistration, DeviceStatus, Revocation, Transaction, TxBody,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::time::Instant;
@@ -271,4 +273,75 @@ async fn a_flooded_cluster_answers_busy_and_keeps_committing() {
     for node in nodes {
         node.stop().await.unwrap();
     }
+}
+
+/// A stolen device's revocation must not wait behind a flood: with the
+/// mempool full of registrations, a revocation that would succeed at the
+/// head is still admitted (the urgent lane has room of its own) and goes
+/// into the next block ahead of the registrations that came before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_revocation_jumps_a_full_mempool() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 0, 23, 0);
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let home = &layout[0].home;
+    let mut config = fast_config(home);
+    // Submissions fill 24 of the 32 slots; 2 more are urgent ones.
+    config.mempool.max_txs = 32;
+    let node = node::start(home, config).await.unwrap();
+
+    let stolen = registration(&admin, "stolen");
+    let stolen_hash = node.shared.submit(stolen.to_bytes()).await.unwrap();
+    wait_for("the device's registration", || {
+        committed(&node, &stolen_hash)
+    })
+    .await;
+
+    // One admission round (one arrival): 40 registrations, then the
+    // revocation, all inserted under one lock of the empty mempool.
+    let revocation = Transaction::new(
+        CHAIN,
+        TxBody::RevokeDevice(Revocation {
+            name: DeviceName::new("demo/stolen").unwrap(),
+            reason: "stolen".into(),
+            authority: Authority::Admin,
+        }),
+    )
+    .signed_by(&[&admin]);
+    let mut batch: Vec<Vec<u8>> = (0..40)
+        .map(|i| registration(&admin, &format!("flood-{i}")).to_bytes())
+        .collect();
+    batch.push(revocation.to_bytes());
+    let verdicts = node.shared.submit_many(batch).await.unwrap();
+    let (flood, revoked) = verdicts.split_at(40);
+    assert!(flood[..24].iter().all(Result::is_ok), "{flood:?}");
+    assert!(
+        flood[24..].iter().all(|v| v == &Err(SubmitError::Busy)),
+        "{flood:?}"
+    );
+    let revocation_hash = revoked[0].clone().expect("the revocation is admitted");
+    let first_flooded = flood[0].clone().unwrap();
+
+    wait_for("the revocation and the flood", || {
+        committed(&node, &revocation_hash) && committed(&node, &first_flooded)
+    })
+    .await;
+    {
+        let ledger = node.shared.read_ledger();
+        let revoked_at = ledger.tx_location(&revocation_hash).unwrap().unwrap();
+        let flooded_at = ledger.tx_location(&first_flooded).unwrap().unwrap();
+        assert!(
+            (revoked_at.height, revoked_at.index) < (flooded_at.height, flooded_at.index),
+            "revocation at {revoked_at:?}, first registration of the flood at {flooded_at:?}"
+        );
+        let device = ledger
+            .device(&DeviceName::new("demo/stolen").unwrap())
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(device.status, DeviceStatus::Revoked { .. }),
+            "{device:?}"
+        );
+    }
+    node.stop().await.unwrap();
 }

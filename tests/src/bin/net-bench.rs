@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use keyreg_client::keys::{AdminKey, DeviceKeys};
 use keyreg_client::light::TrustAnchor;
-use keyreg_client::node::NodeClient;
+use keyreg_client::node::{NodeClient, MAX_SUBMIT_BATCH};
 use keyreg_client::txs::{register_device, revoke};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::{BatchVerifier, Domain, Hash, SigningKey};
@@ -143,8 +143,10 @@ fn parse_args() -> anyhow::Result<Args> {
     {
         bail!("rates and durations must be positive and at most 100000");
     }
-    if args.revocations == 0 || args.revocations > args.txs {
-        bail!("--revocations must be 1..=--txs (it revokes devices registered at saturation)");
+    if args.revocations == 0 || 2 * args.revocations > args.txs {
+        bail!(
+            "--revocations must be 1..=--txs/2 (two phases revoke devices registered at saturation)"
+        );
     }
     Ok(args)
 }
@@ -910,14 +912,24 @@ fn run(
     print_phase_rounds(&metrics_before, &metrics_after);
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
+    let revoked = committed.iter().flatten().count().min(args.revocations);
     revocation_phase(
         args,
         nodes,
         &anchor,
         &admin,
-        &saturation,
-        &committed,
-        half_rate,
+        (&saturation, &committed),
+        0,
+        Background::Paced(half_rate),
+    )?;
+    revocation_phase(
+        args,
+        nodes,
+        &anchor,
+        &admin,
+        (&saturation, &committed),
+        revoked,
+        Background::Saturating(throughput),
     )?;
     watcher.finish()
 }
@@ -1197,23 +1209,43 @@ fn lookup_phase(
     Ok(())
 }
 
+/// The registrations that run while revocations are measured.
+#[derive(Clone, Copy)]
+enum Background {
+    /// At this many tx/s (half of saturation).
+    Paced(f64),
+    /// A flood: [`FLOOD_THREADS`] clients submitting full batches as fast
+    /// as they are accepted, so the mempools hold a backlog of several
+    /// blocks; pre-signed for a few seconds at this rate (the saturation
+    /// rate). The revocations start [`FLOOD_LEAD`] into it.
+    Saturating(f64),
+}
+
+/// Clients of the flood; each has a batch of [`MAX_SUBMIT_BATCH`] in flight.
+const FLOOD_THREADS: usize = 64;
+/// How long the flood runs before the first revocation, to build its backlog.
+const FLOOD_LEAD: Duration = Duration::from_secs(1);
+
 /// Item 6: revocations of devices registered at saturation (`committed[i]` is
-/// `Some` when `saturation[i]` committed), under `half_rate` tx/s of
-/// registrations: submission -> first verified proof showing `Revoked`.
+/// `Some` when `saturation[i]` committed; the first `skip` such are left
+/// out), under a `background` of registrations: submission (its first
+/// attempt: a busy refusal is retried) -> first verified proof showing
+/// `Revoked`.
 fn revocation_phase(
     args: &Args,
     nodes: &[NodeClient],
     anchor: &TrustAnchor,
     admin: &AdminKey,
-    saturation: &[(DeviceName, Transaction)],
-    committed: &[Option<Instant>],
-    half_rate: f64,
+    (saturation, committed): (&[(DeviceName, Transaction)], &[Option<Instant>]),
+    skip: usize,
+    kind: Background,
 ) -> anyhow::Result<()> {
     let chain_id = anchor.chain_id.as_str();
     let revocations: Vec<(DeviceName, Transaction)> = saturation
         .iter()
         .zip(committed)
         .filter(|(_, c)| c.is_some())
+        .skip(skip)
         .take(args.revocations)
         .map(|((name, _), _)| {
             let tx = revoke(chain_id, name, "bench", Authority::Admin, &admin.signing);
@@ -1221,12 +1253,31 @@ fn revocation_phase(
         })
         .collect();
     let revocation_seconds = revocations.len() as f64 / args.revocation_rate;
-    let background_count = ((half_rate * (revocation_seconds + 10.0)).ceil() as usize).max(1);
-    let background: Vec<Transaction> = registration_txs(chain_id, admin, "bg", background_count)?;
+    let (background_rate, background_seconds, prefix) = match kind {
+        Background::Paced(rate) => (rate, revocation_seconds + 10.0, "bg"),
+        Background::Saturating(rate) => (
+            rate,
+            FLOOD_LEAD.as_secs_f64() + revocation_seconds + 3.0,
+            "bgs",
+        ),
+    };
+    let (threads, batch, rate, lead) = match kind {
+        Background::Paced(rate) => (args.threads, args.batch, Some(rate), Duration::ZERO),
+        Background::Saturating(_) => (FLOOD_THREADS, MAX_SUBMIT_BATCH, None, FLOOD_LEAD),
+    };
+    let background_count = ((background_rate * background_seconds).ceil() as usize).max(1);
+    let background: Vec<Transaction> = registration_txs(chain_id, admin, prefix, background_count)?;
+    let (label, offered) = match kind {
+        Background::Paced(rate) => ("", format!("{rate:.0} tx/s of registrations")),
+        Background::Saturating(_) => (
+            " at saturation",
+            "registrations submitted as fast as accepted".to_string(),
+        ),
+    };
     let stop_background = AtomicBool::new(false);
     let pending: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
     let submissions_done = AtomicBool::new(false);
-    let phase_deadline = Duration::from_secs_f64(revocation_seconds) + COMMIT_DEADLINE;
+    let phase_deadline = lead + Duration::from_secs_f64(revocation_seconds) + COMMIT_DEADLINE;
     let metrics_before = metrics_texts(nodes);
     let phase_start = Instant::now();
     let (visible, revocation_failures) = thread::scope(|s| -> anyhow::Result<_> {
@@ -1234,9 +1285,9 @@ fn revocation_phase(
             run_load(
                 nodes,
                 &background,
-                args.threads,
-                args.batch,
-                Some(half_rate),
+                threads,
+                batch,
+                rate,
                 phase_deadline,
                 &stop_background,
             )
@@ -1244,15 +1295,26 @@ fn revocation_phase(
         let submitter = s.spawn(|| {
             let mut failures = Vec::new();
             for (i, (_, tx)) in revocations.iter().enumerate() {
-                let due = phase_start + Duration::from_secs_f64(i as f64 / args.revocation_rate);
+                let due =
+                    phase_start + lead + Duration::from_secs_f64(i as f64 / args.revocation_rate);
                 thread::sleep(due.saturating_duration_since(Instant::now()));
                 let at = Instant::now();
-                match nodes[i % nodes.len()].submit(tx) {
-                    Ok(_) => match pending.lock() {
-                        Ok(mut p) => p.push((i, at)),
-                        Err(_) => failures.push("poisoned".to_string()),
-                    },
-                    Err(e) => failures.push(format!("revocation {i}: {e}")),
+                let mut pause = Duration::from_millis(10);
+                // Ends: every retry sleeps, and the phase deadline stops it.
+                loop {
+                    match nodes[i % nodes.len()].submit(tx) {
+                        Ok(_) => match pending.lock() {
+                            Ok(mut p) => p.push((i, at)),
+                            Err(_) => failures.push("poisoned".to_string()),
+                        },
+                        Err(e) if e.is_busy() && phase_start.elapsed() + pause < phase_deadline => {
+                            thread::sleep(pause);
+                            pause = (pause * 2).min(Duration::from_millis(200));
+                            continue;
+                        }
+                        Err(e) => failures.push(format!("revocation {i}: {e}")),
+                    }
+                    break;
                 }
             }
             submissions_done.store(true, Ordering::Relaxed);
@@ -1278,8 +1340,7 @@ fn revocation_phase(
             .join()
             .map_err(|_| anyhow::anyhow!("background load panicked"))?;
         println!(
-            "  background load during revocations: {:.0} tx/s offered, {} submitted, {} busy retries",
-            half_rate,
+            "  background load during revocations: {offered}, {} submitted, {} busy retries",
             background.submitted.iter().flatten().count(),
             background.busy_retries
         );
@@ -1289,10 +1350,9 @@ fn revocation_phase(
     let mut visible = visible;
     visible.sort();
     println!(
-        "revocation visibility ({} revocations at {:.0}/s, under {:.0} tx/s of registrations; verified proof shows Revoked, polled every {} ms): {}/{} visible, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        "revocation visibility{label} ({} revocations at {:.0}/s, under {offered}; verified proof shows Revoked, polled every {} ms): {}/{} visible, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         revocations.len(),
         args.revocation_rate,
-        half_rate,
         POLL.as_millis(),
         visible.len(),
         revocations.len(),

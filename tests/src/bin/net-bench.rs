@@ -912,25 +912,15 @@ fn run(
     print_phase_rounds(&metrics_before, &metrics_after);
 
     lookup_phase(args, nodes, &anchor, &saturation)?;
+    // The flood's revocations name other devices than the first phase's.
     let revoked = committed.iter().flatten().count().min(args.revocations);
-    revocation_phase(
-        args,
-        nodes,
-        &anchor,
-        &admin,
-        (&saturation, &committed),
-        0,
-        Background::Paced(half_rate),
-    )?;
-    revocation_phase(
-        args,
-        nodes,
-        &anchor,
-        &admin,
-        (&saturation, &committed),
-        revoked,
-        Background::Saturating(throughput),
-    )?;
+    for (skip, background) in [
+        (0, Background::Paced(half_rate)),
+        (revoked, Background::Saturating(throughput)),
+    ] {
+        let registered = (saturation.as_slice(), committed.as_slice());
+        revocation_phase(args, nodes, &anchor, &admin, registered, skip, background)?;
+    }
     watcher.finish()
 }
 

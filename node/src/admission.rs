@@ -7,20 +7,29 @@
 //!   thread hand-off and one batch per round instead of one per request,
 //!   and it runs off the task that routes consensus messages, so a burst of
 //!   transactions never delays a vote. A full queue answers `busy` to a
-//!   submitter and drops a gossiped batch.
+//!   submitter and drops a gossiped batch. A round holds at most
+//!   [`ROUND_BYTES`] (plus one arrival), and small arrivals (a device's own
+//!   transaction, an operator's revocation, an urgent one gossiped alone)
+//!   go into the next round ahead of bulk batches that queued before them:
+//!   under a flood of bulk batches they wait for one short round, not for
+//!   the whole backlog. Bulk batches still go in order, some in every
+//!   round.
 //! * Out: admitted submissions queue (bounded) for a publisher that gossips
 //!   whatever queues within [`GOSSIP_LINGER`] of the first transaction as
 //!   one message. At low load a batch is one transaction, published a few
 //!   milliseconds late; under load one message carries many, which
 //!   amortises gossipsub's per-message costs (framing, message ids,
 //!   duplicate caches, one copy per mesh peer and hop) and each peer's
-//!   admission round.
+//!   admission round. A transaction admitted to the mempool's urgent lane
+//!   (a revocation) is published alone and at once, so it is a small
+//!   arrival at every peer.
 //!
 //! Dropped gossip never loses an admitted transaction: the origin node keeps
 //! it in its mempool and proposes it in its own turn.
 //!
 //! A batch's wire format is [`keyreg_registry::wire::encode_tx_batch`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +42,13 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::mempool::Origin;
+use crate::mempool::{Lane, Origin};
 use crate::network::{NetworkHandle, PendingRelay, RelayVerdict, Topic};
 use crate::node::{recv_or_shutdown, Shared, SubmitError};
 
 /// Arrivals waiting for admission, and admitted transactions waiting to be
-/// gossiped.
+/// gossiped (the admission task takes up to as many more out of its queue
+/// to pick its rounds from; their bytes still count).
 pub const QUEUE: usize = 8192;
 /// Bytes of transactions waiting for admission, at most: with batches of
 /// up to 1 MiB, the count bound alone would allow gigabytes.
@@ -48,9 +58,16 @@ pub const QUEUED_BYTES: usize = 64 << 20;
 /// an admission round, so one-transaction messages under load would cost
 /// more than the transactions. Short next to a block interval.
 const GOSSIP_LINGER: Duration = Duration::from_millis(5);
-/// Arrivals admitted in one round, at most: bounds one batch verification
-/// to about `MAX_ARRIVALS_PER_ROUND * MAX_TXS_PER_BATCH` transactions.
+/// Arrivals admitted in one round, at most.
 const MAX_ARRIVALS_PER_ROUND: usize = 256;
+/// Bytes of transactions a round takes, at most (beyond its first arrival):
+/// about 3 000 registrations, 6 000 signatures, tens of milliseconds of
+/// verification, which is as long as a small arrival waits behind a
+/// flood. Rounds under the benchmarks' saturation average a tenth of it.
+const ROUND_BYTES: usize = 1 << 20;
+/// Arrivals of at most this many bytes go first (about a dozen
+/// registrations).
+const SMALL_ARRIVAL_BYTES: usize = 4096;
 
 /// A transaction, or a batch of them, waiting for admission.
 pub enum Arrival {
@@ -103,8 +120,11 @@ impl Arrivals {
         (arrivals, receiver)
     }
 
-    /// Waits until admission has got through every arrival queued before
-    /// this call, at most `max_wait`; false on the deadline.
+    /// Waits until admission has got through as many arrivals as were
+    /// queued before this call, at most `max_wait`; false on the deadline.
+    /// (Small arrivals may pass bulk ones, so this counts, it does not
+    /// name them: a fetch that follows may find what a bulk batch still
+    /// waiting would have brought.)
     pub async fn admitted_so_far(&self, max_wait: Duration) -> bool {
         let target = self.queued.load(Ordering::Acquire);
         let mut admitted = self.admitted.subscribe();
@@ -141,26 +161,37 @@ const _: () = assert!(MAX_TX_BATCH_BYTES <= crate::network::MAX_GOSSIP_PAYLOAD);
 /// Publishes the transactions queued on `outbox` in batches until shutdown.
 pub async fn publish_batches(
     network: NetworkHandle,
-    mut outbox: mpsc::Receiver<Vec<u8>>,
+    mut outbox: mpsc::Receiver<(Vec<u8>, Lane)>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let Some(first) = recv_or_shutdown(&mut outbox, &mut shutdown).await else {
+        let Some((first, lane)) = recv_or_shutdown(&mut outbox, &mut shutdown).await else {
             return;
         };
+        if lane == Lane::Urgent {
+            publish(&network, &[first]).await;
+            continue;
+        }
         let linger_until = Instant::now() + GOSSIP_LINGER;
         let mut bytes = first.len();
         let mut batch = vec![first];
         while batch.len() < MAX_TXS_PER_BATCH {
-            let tx = match outbox.try_recv() {
-                Ok(tx) => tx,
+            let next = match outbox.try_recv() {
+                Ok(next) => next,
                 Err(TryRecvError::Empty) => {
                     match tokio::time::timeout_at(linger_until, outbox.recv()).await {
-                        Ok(Some(tx)) => tx,
+                        Ok(Some(next)) => next,
                         Ok(None) | Err(_) => break,
                     }
                 }
                 Err(TryRecvError::Disconnected) => break,
+            };
+            let tx = match next {
+                (tx, Lane::Normal) => tx,
+                (urgent, Lane::Urgent) => {
+                    publish(&network, &[urgent]).await;
+                    continue;
+                }
             };
             // A transaction that would overflow the batch starts the next one.
             if bytes + tx.len() <= MAX_TX_BATCH_BYTES {
@@ -194,17 +225,23 @@ pub async fn admit_arrivals(
     mut arrivals: mpsc::Receiver<Queued>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Taken out of the channel but not admitted yet, in arrival order; at
+    // most `QUEUE` (their bytes still count against `QUEUED_BYTES`).
+    let mut waiting: VecDeque<Queued> = VecDeque::new();
     loop {
-        let Some(first) = recv_or_shutdown(&mut arrivals, &mut shutdown).await else {
-            return;
-        };
-        let mut round = vec![first];
-        while round.len() < MAX_ARRIVALS_PER_ROUND {
+        if waiting.is_empty() {
+            let Some(first) = recv_or_shutdown(&mut arrivals, &mut shutdown).await else {
+                return;
+            };
+            waiting.push_back(first);
+        }
+        while waiting.len() < QUEUE {
             match arrivals.try_recv() {
-                Ok(arrival) => round.push(arrival),
+                Ok(arrival) => waiting.push_back(arrival),
                 Err(_) => break,
             }
         }
+        let round = take_round(&mut waiting, |queued| queued.arrival.bytes());
         let arrivals = round.len();
         let admitting = shared.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || admit(&admitting, round)).await {
@@ -212,6 +249,36 @@ pub async fn admit_arrivals(
         }
         shared.arrivals.count_admitted(arrivals);
     }
+}
+
+/// The next round out of `waiting` (arrival order; `size` gives an
+/// arrival's bytes): every small arrival first, in order, then the oldest
+/// others while the round stays within [`ROUND_BYTES`] (one at least), at
+/// most [`MAX_ARRIVALS_PER_ROUND`] in all. The rest stay in order.
+fn take_round<T>(waiting: &mut VecDeque<T>, size: impl Fn(&T) -> usize) -> Vec<T> {
+    let mut round = Vec::new();
+    let mut bytes = 0usize;
+    let mut bulk = VecDeque::with_capacity(waiting.len());
+    for arrival in waiting.drain(..) {
+        let arrival_bytes = size(&arrival);
+        if arrival_bytes <= SMALL_ARRIVAL_BYTES && round.len() < MAX_ARRIVALS_PER_ROUND {
+            bytes += arrival_bytes;
+            round.push(arrival);
+        } else {
+            bulk.push_back(arrival);
+        }
+    }
+    while round.len() < MAX_ARRIVALS_PER_ROUND {
+        let Some(next) = bulk.front() else { break };
+        let next_bytes = size(next);
+        if !round.is_empty() && bytes + next_bytes > ROUND_BYTES {
+            break;
+        }
+        bytes += next_bytes;
+        round.extend(bulk.pop_front());
+    }
+    *waiting = bulk;
+    round
 }
 
 /// One round: every transaction of `round` checked in one batch, verdicts
@@ -248,12 +315,28 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
         .metrics
         .admission_round_transactions
         .observe(raw.len() as f64);
-    let mut verdicts = shared.submit_batch(&raw).into_iter();
+    let verdicts = shared.submit_batch(&raw);
+    // The lanes of the admitted submissions, which choose how they are
+    // gossiped (the submissions come first in `raw`).
+    let submitted_txs: usize = submitted.iter().map(|(txs, _)| txs.len()).sum();
+    let lanes: Vec<Lane> = {
+        let mempool = shared.mempool();
+        verdicts
+            .iter()
+            .take(submitted_txs)
+            .map(|verdict| match verdict {
+                Ok(hash) => mempool.lane_of(hash).unwrap_or(Lane::Normal),
+                Err(_) => Lane::Normal,
+            })
+            .collect()
+    };
+    let (mut verdicts, mut lanes) = (verdicts.into_iter(), lanes.into_iter());
     for (txs, reply) in submitted {
         let mut answer = Vec::with_capacity(txs.len());
         for (bytes, verdict) in txs.into_iter().zip(verdicts.by_ref()) {
+            let lane = lanes.next().unwrap_or(Lane::Normal);
             if verdict.is_ok() {
-                shared.gossip_transaction(bytes);
+                shared.gossip_transaction(bytes, lane);
             }
             answer.push(verdict);
         }
@@ -347,6 +430,39 @@ mod tests {
         // One queued since is waited for.
         assert!(arrivals.try_queue(submission(10)).is_ok());
         assert!(!arrivals.admitted_so_far(short).await);
+    }
+
+    #[test]
+    fn small_arrivals_go_first_and_bulk_ones_in_order_within_the_round_budget() {
+        let small = SMALL_ARRIVAL_BYTES;
+        let bulk = ROUND_BYTES / 3;
+        // (label, bytes) in arrival order.
+        let mut waiting: VecDeque<(u8, usize)> = [
+            (1, bulk),
+            (2, bulk),
+            (3, small),
+            (4, bulk),
+            (5, bulk),
+            (6, 10),
+        ]
+        .into();
+        let labels = |round: Vec<(u8, usize)>| round.into_iter().map(|a| a.0).collect::<Vec<_>>();
+        // The two small ones, then bulk ones while the budget lasts.
+        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![3, 6, 1, 2]);
+        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![4, 5]);
+        assert!(waiting.is_empty());
+        // One arrival larger than the budget still makes a round alone.
+        let mut waiting: VecDeque<(u8, usize)> = [(1, 2 * ROUND_BYTES), (2, bulk)].into();
+        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![1]);
+        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![2]);
+        // At most MAX_ARRIVALS_PER_ROUND, the rest kept in order.
+        // (The last one is labelled 1, the others 0.)
+        let mut waiting: VecDeque<(u8, usize)> = (0..=MAX_ARRIVALS_PER_ROUND)
+            .map(|i| (u8::from(i == MAX_ARRIVALS_PER_ROUND), 1))
+            .collect();
+        let round = take_round(&mut waiting, |a| a.1);
+        assert_eq!(round.len(), MAX_ARRIVALS_PER_ROUND);
+        assert_eq!(labels(waiting.drain(..).collect()), vec![1]);
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl<T: PoolTx> Mempool<T> {
         self.txs.get(hash).map(|(_, _, tx)| tx)
     }
 
+    /// The lane a pooled transaction waits in.
+    pub fn lane_of(&self, hash: &Hash) -> Option<Lane> {
+        self.txs.get(hash).map(|(_, lane, _)| *lane)
+    }
+
     /// The cheap checks to run before spending time on signatures: size,
     /// duplicates, and room in a lane the transaction may enter.
     pub fn precheck(&self, tx: &T, origin: Origin) -> Result<(), MempoolError> {

@@ -124,7 +124,7 @@ pub struct Shared {
     /// Transactions waiting for admission ([`admission`]).
     pub(crate) arrivals: Arrivals,
     /// Admitted transactions waiting to be gossiped ([`admission`]).
-    tx_outbox: mpsc::Sender<Vec<u8>>,
+    tx_outbox: mpsc::Sender<(Vec<u8>, Lane)>,
     /// Transactions of this height's proposals that are not in the mempool
     /// (fetched for a compact proposal, or in a block restored from the
     /// safety state), kept so this node can serve them to peers that lack
@@ -382,8 +382,10 @@ impl Shared {
     /// Queues an admitted transaction's bytes for gossip. A full queue
     /// skips the gossip: the transaction waits in this node's mempool and
     /// goes into its own next proposal.
-    pub(crate) fn gossip_transaction(&self, bytes: Vec<u8>) {
-        if self.tx_outbox.try_send(bytes).is_err() {
+    /// Queues an admitted submission for gossip; an urgent one goes out
+    /// alone and at once (see [`admission::publish_batches`]).
+    pub(crate) fn gossip_transaction(&self, bytes: Vec<u8>, lane: Lane) {
+        if self.tx_outbox.try_send((bytes, lane)).is_err() {
             tracing::debug!("gossip queue full: transaction kept for this node's proposal");
         }
     }

@@ -12,8 +12,8 @@
 //!   transaction, an operator's revocation, an urgent one gossiped alone)
 //!   go into the next round ahead of bulk batches that queued before them:
 //!   under a flood of bulk batches they wait for one short round, not for
-//!   the whole backlog. Bulk batches still go in order, some in every
-//!   round.
+//!   the whole backlog. Bulk batches still go in order, one at least in
+//!   every round, and small ones fill at most half a round's arrivals.
 //! * Out: admitted submissions queue (bounded) for a publisher that gossips
 //!   whatever queues within [`GOSSIP_LINGER`] of the first transaction as
 //!   one message. At low load a batch is one transaction, published a few
@@ -252,29 +252,32 @@ pub async fn admit_arrivals(
 }
 
 /// The next round out of `waiting` (arrival order; `size` gives an
-/// arrival's bytes): every small arrival first, in order, then the oldest
-/// others while the round stays within [`ROUND_BYTES`] (one at least), at
-/// most [`MAX_ARRIVALS_PER_ROUND`] in all. The rest stay in order.
+/// arrival's bytes): the small arrivals first, in order (at most half of
+/// [`MAX_ARRIVALS_PER_ROUND`]), then the oldest others while the round
+/// stays within [`ROUND_BYTES`], at least one of them, so that neither
+/// kind waits for the other forever. The rest stay in order.
 fn take_round<T>(waiting: &mut VecDeque<T>, size: impl Fn(&T) -> usize) -> Vec<T> {
     let mut round = Vec::new();
     let mut bytes = 0usize;
     let mut bulk = VecDeque::with_capacity(waiting.len());
     for arrival in waiting.drain(..) {
         let arrival_bytes = size(&arrival);
-        if arrival_bytes <= SMALL_ARRIVAL_BYTES && round.len() < MAX_ARRIVALS_PER_ROUND {
+        if arrival_bytes <= SMALL_ARRIVAL_BYTES && round.len() < MAX_ARRIVALS_PER_ROUND / 2 {
             bytes += arrival_bytes;
             round.push(arrival);
         } else {
             bulk.push_back(arrival);
         }
     }
+    let mut bulk_taken = 0usize;
     while round.len() < MAX_ARRIVALS_PER_ROUND {
         let Some(next) = bulk.front() else { break };
         let next_bytes = size(next);
-        if !round.is_empty() && bytes + next_bytes > ROUND_BYTES {
+        if bulk_taken > 0 && bytes + next_bytes > ROUND_BYTES {
             break;
         }
         bytes += next_bytes;
+        bulk_taken += 1;
         round.extend(bulk.pop_front());
     }
     *waiting = bulk;
@@ -451,18 +454,23 @@ mod tests {
         assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![3, 6, 1, 2]);
         assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![4, 5]);
         assert!(waiting.is_empty());
-        // One arrival larger than the budget still makes a round alone.
-        let mut waiting: VecDeque<(u8, usize)> = [(1, 2 * ROUND_BYTES), (2, bulk)].into();
-        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![1]);
+        // One bulk arrival goes in every round, larger than the budget or not.
+        let mut waiting: VecDeque<(u8, usize)> =
+            [(1, 2 * ROUND_BYTES), (2, bulk), (3, small)].into();
+        assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![3, 1]);
         assert_eq!(labels(take_round(&mut waiting, |a| a.1)), vec![2]);
-        // At most MAX_ARRIVALS_PER_ROUND, the rest kept in order.
-        // (The last one is labelled 1, the others 0.)
-        let mut waiting: VecDeque<(u8, usize)> = (0..=MAX_ARRIVALS_PER_ROUND)
-            .map(|i| (u8::from(i == MAX_ARRIVALS_PER_ROUND), 1))
-            .collect();
-        let round = take_round(&mut waiting, |a| a.1);
-        assert_eq!(round.len(), MAX_ARRIVALS_PER_ROUND);
-        assert_eq!(labels(waiting.drain(..).collect()), vec![1]);
+        // At most MAX_ARRIVALS_PER_ROUND a round, and small arrivals go
+        // first for at most half of them: a bulk one (labelled 1) behind
+        // crowds of small ones that keep coming still goes in the second
+        // round, where the small ones past the first half wait behind it.
+        let crowd = |n: usize| (0..n).map(|_| (0u8, 1usize));
+        let mut waiting: VecDeque<(u8, usize)> = crowd(300).chain([(1, bulk)]).collect();
+        let first = labels(take_round(&mut waiting, |a| a.1));
+        assert_eq!(first, vec![0; MAX_ARRIVALS_PER_ROUND]);
+        waiting.extend(crowd(300));
+        let second = labels(take_round(&mut waiting, |a| a.1));
+        assert_eq!(second.len(), MAX_ARRIVALS_PER_ROUND);
+        assert_eq!(second.get(MAX_ARRIVALS_PER_ROUND / 2), Some(&1));
     }
 
     #[test]

@@ -24,7 +24,9 @@
 //!   urgent lane has limits of its own, `1 / URGENT_SHARE` of the pool's on
 //!   top of them, so the pool holds at most that much more, and one
 //!   transaction per device: more revocations of a device than one wait in
-//!   the normal lane, so that a single device's key cannot fill it.
+//!   the normal lane, so that a single device's key cannot fill it. (The
+//!   node also dry-runs at most a few dozen revocations per admission
+//!   round, so a fleet decommissioned in bulk is urgent only in part.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -136,6 +138,12 @@ impl<T: PoolTx> Mempool<T> {
     /// The lane a pooled transaction waits in.
     pub fn lane_of(&self, hash: &Hash) -> Option<Lane> {
         self.txs.get(hash).map(|(_, lane, _)| *lane)
+    }
+
+    /// Whether a transaction of this [`PoolTx::urgent_key`] waits in the
+    /// urgent lane (another of the same key would wait in the normal one).
+    pub fn urgent_key_taken(&self, key: &Hash) -> bool {
+        self.urgent_keys.contains(key)
     }
 
     /// The cheap checks to run before spending time on signatures: size,
@@ -471,6 +479,7 @@ mod tests {
         p.insert(TestTx(vec![203, 8]), Origin::Peer, Lane::Urgent)
             .unwrap();
         assert_eq!(firsts(&p.reap(10_000, 100)), vec![201, 203, 1, 202]);
+        assert!(p.urgent_key_taken(&first.urgent_key().unwrap()));
         // Once the first leaves, the device's next revocation may be urgent.
         p.remove([&first.tx_hash()]);
         p.insert(TestTx(vec![204, 7]), Origin::Peer, Lane::Urgent)

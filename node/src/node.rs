@@ -2,7 +2,7 @@
 //! HTTP API wired together, and their orderly start and stop.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -73,6 +73,10 @@ impl PoolTx for HashedTx {
         urgent_key(&self.tx)
     }
 }
+
+/// Revocations dry-run in one admission round, at most, to find the urgent
+/// ones (about 100 µs each).
+const MAX_DRY_RUNS_PER_ROUND: usize = 64;
 
 /// A revocation may wait in the mempool's urgent lane, one per device.
 fn urgent_key(tx: &Transaction) -> Option<Hash> {
@@ -317,28 +321,45 @@ impl Shared {
     }
 
     /// The mempool lane of each of `txs` (`checks`: their stateless
-    /// verdicts): urgent for a revocation that would succeed at the head,
-    /// which a dry run there tells (module docs of [`crate::mempool`]).
-    /// Read before the mempool is locked: the driver holds the ledger while
-    /// it takes the mempool, never the other way round.
+    /// verdicts): urgent for a revocation of a device with no urgent one
+    /// waiting yet, if it would succeed at the head, which a dry run there
+    /// tells (module docs of [`crate::mempool`]). At most
+    /// [`MAX_DRY_RUNS_PER_ROUND`] dry runs, so revocations that would fail
+    /// cannot make admission expensive, and a bulk of them (a fleet
+    /// decommissioned) is urgent only in part. The ledger is read with the
+    /// mempool unlocked: the driver holds the ledger while it takes the
+    /// mempool, never the other way round.
     fn lanes(&self, txs: &[Transaction], checks: &[Result<(), TxError>]) -> Vec<Lane> {
-        if txs.iter().all(|tx| urgent_key(tx).is_none()) {
-            return vec![Lane::Normal; txs.len()];
+        let mut lanes = vec![Lane::Normal; txs.len()];
+        let candidates: Vec<(usize, Hash)> = {
+            let mempool = self.mempool();
+            txs.iter()
+                .zip(checks)
+                .enumerate()
+                .filter_map(|(i, (tx, check))| {
+                    let key = urgent_key(tx).filter(|_| check.is_ok())?;
+                    (!mempool.urgent_key_taken(&key)).then_some((i, key))
+                })
+                .take(MAX_DRY_RUNS_PER_ROUND)
+                .collect()
+        };
+        if candidates.is_empty() {
+            return lanes;
         }
+        let mut found = HashSet::new();
         let ledger = self.read_ledger();
-        txs.iter()
-            .zip(checks)
-            .map(|(tx, check)| {
-                let urgent = check.is_ok()
-                    && urgent_key(tx).is_some()
-                    && matches!(ledger.check_tx(tx), Ok(Ok(())));
-                if urgent {
-                    Lane::Urgent
-                } else {
-                    Lane::Normal
+        for (i, key) in candidates {
+            if found.contains(&key) {
+                continue;
+            }
+            if let (Some(tx), Some(lane)) = (txs.get(i), lanes.get_mut(i)) {
+                if matches!(ledger.check_tx(tx), Ok(Ok(()))) {
+                    *lane = Lane::Urgent;
+                    found.insert(key);
                 }
-            })
-            .collect()
+            }
+        }
+        lanes
     }
 
     fn decode_and_precheck(&self, bytes: &[u8], origin: Origin) -> Result<HashedTx, SubmitError> {

@@ -318,21 +318,9 @@ fn admit(shared: &Shared, round: Vec<Queued>) {
         .metrics
         .admission_round_transactions
         .observe(raw.len() as f64);
-    let verdicts = shared.submit_batch(&raw);
-    // The lanes of the admitted submissions, which choose how they are
-    // gossiped (the submissions come first in `raw`).
-    let submitted_txs: usize = submitted.iter().map(|(txs, _)| txs.len()).sum();
-    let lanes: Vec<Lane> = {
-        let mempool = shared.mempool();
-        verdicts
-            .iter()
-            .take(submitted_txs)
-            .map(|verdict| match verdict {
-                Ok(hash) => mempool.lane_of(hash).unwrap_or(Lane::Normal),
-                Err(_) => Lane::Normal,
-            })
-            .collect()
-    };
+    // The lanes of the admitted submissions choose how they are gossiped
+    // (the submissions come first in `raw`).
+    let (verdicts, lanes) = shared.submit_batch(&raw);
     let (mut verdicts, mut lanes) = (verdicts.into_iter(), lanes.into_iter());
     for (txs, reply) in submitted {
         let mut answer = Vec::with_capacity(txs.len());

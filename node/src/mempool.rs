@@ -135,11 +135,6 @@ impl<T: PoolTx> Mempool<T> {
         self.txs.get(hash).map(|(_, _, tx)| tx)
     }
 
-    /// The lane a pooled transaction waits in.
-    pub fn lane_of(&self, hash: &Hash) -> Option<Lane> {
-        self.txs.get(hash).map(|(_, lane, _)| *lane)
-    }
-
     /// Whether a transaction of this [`PoolTx::urgent_key`] waits in the
     /// urgent lane (another of the same key would wait in the normal one).
     pub fn urgent_key_taken(&self, key: &Hash) -> bool {
@@ -193,8 +188,13 @@ impl<T: PoolTx> Mempool<T> {
     /// Adds a transaction that passed the stateless checks to `lane` (one
     /// without a [`PoolTx::urgent_key`] is always normal; an urgent one
     /// finding its lane full, or its key there already, waits in the
-    /// normal lane).
-    pub fn insert(&mut self, tx: T, origin: Origin, lane: Lane) -> Result<Hash, MempoolError> {
+    /// normal lane). Returns its hash and the lane it waits in.
+    pub fn insert(
+        &mut self,
+        tx: T,
+        origin: Origin,
+        lane: Lane,
+    ) -> Result<(Hash, Lane), MempoolError> {
         self.precheck(&tx, origin)?;
         let size = tx.encoded_len();
         let urgent_key = tx
@@ -221,7 +221,7 @@ impl<T: PoolTx> Mempool<T> {
         };
         self.txs.insert(hash, (seq, lane, tx));
         debug_assert_eq!(self.normal.len() + self.urgent.len(), self.txs.len());
-        Ok(hash)
+        Ok((hash, lane))
     }
 
     /// The oldest urgent transactions, then the oldest normal ones, whose
@@ -474,8 +474,16 @@ mod tests {
         let (first, second) = (TestTx(vec![201, 7]), TestTx(vec![202, 7]));
         p.insert(TestTx::new(1, 10), Origin::Peer, Lane::Normal)
             .unwrap();
-        p.insert(first.clone(), Origin::Peer, Lane::Urgent).unwrap();
-        p.insert(second, Origin::Peer, Lane::Urgent).unwrap();
+        // `insert` says which lane each went to.
+        let lane = |inserted: Result<(Hash, Lane), MempoolError>| inserted.unwrap().1;
+        assert_eq!(
+            lane(p.insert(first.clone(), Origin::Peer, Lane::Urgent)),
+            Lane::Urgent
+        );
+        assert_eq!(
+            lane(p.insert(second, Origin::Peer, Lane::Urgent)),
+            Lane::Normal
+        );
         p.insert(TestTx(vec![203, 8]), Origin::Peer, Lane::Urgent)
             .unwrap();
         assert_eq!(firsts(&p.reap(10_000, 100)), vec![201, 203, 1, 202]);

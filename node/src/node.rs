@@ -252,9 +252,14 @@ impl Shared {
     /// Decodes and statelessly checks a batch of transactions (signatures
     /// batch-verified together), then admits the valid ones to the mempool,
     /// each within its origin's share of the limits. One verdict per input,
-    /// in order.
-    pub fn submit_batch(&self, raw: &[(&[u8], Origin)]) -> Vec<Result<Hash, SubmitError>> {
+    /// in order, and the mempool lane of each (normal unless admitted
+    /// urgent).
+    pub fn submit_batch(
+        &self,
+        raw: &[(&[u8], Origin)],
+    ) -> (Vec<Result<Hash, SubmitError>>, Vec<Lane>) {
         let mut verdicts: Vec<Result<Hash, SubmitError>> = Vec::with_capacity(raw.len());
+        let mut admitted_lanes = vec![Lane::Normal; raw.len()];
         let mut decoded = Vec::new();
         for &(bytes, origin) in raw {
             match self.decode_and_precheck(bytes, origin) {
@@ -309,6 +314,12 @@ impl Shared {
                 Err(e) => Err(SubmitError::Invalid(e)),
                 Ok(()) => mempool
                     .insert(HashedTx { tx, hash, size }, origin, lane)
+                    .map(|(hash, lane)| {
+                        if let Some(admitted) = admitted_lanes.get_mut(slot) {
+                            *admitted = lane;
+                        }
+                        hash
+                    })
                     .map_err(SubmitError::from),
             };
             // `slot` indexes the verdict pushed for this input above.
@@ -317,7 +328,7 @@ impl Shared {
             }
         }
         self.metrics.mempool_size.set(mempool.len() as i64);
-        verdicts
+        (verdicts, admitted_lanes)
     }
 
     /// The mempool lane of each of `txs` (`checks`: their stateless

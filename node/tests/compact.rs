@@ -31,7 +31,7 @@ use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::driver::DUPLICATE_WINDOW;
 use keyreg_node::keys::read_key_file;
-use keyreg_node::mempool::Origin;
+use keyreg_node::mempool::{Lane, Origin};
 use keyreg_node::network::{self, Network, NetworkConfig, NetworkEvent, RelayVerdict, Topic};
 use keyreg_node::node::{self, RunningNode};
 use keyreg_registry::testkit::test_agreement_key;
@@ -156,9 +156,12 @@ async fn batches_get_one_verdict_each_and_compact_proposals_fetch_what_is_missin
         .iter()
         .map(|b| (b.as_slice(), Origin::Local))
         .collect();
-    for verdict in nodes[0].shared.submit_batch(&raw) {
+    let (verdicts, lanes) = nodes[0].shared.submit_batch(&raw);
+    for verdict in verdicts {
         verdict.unwrap();
     }
+    // Registrations are never urgent.
+    assert!(lanes.iter().all(|lane| *lane == Lane::Normal), "{lanes:?}");
     let mut hashes: Vec<Hash> = good.iter().map(Transaction::hash).collect();
     hashes.extend(private.iter().map(Transaction::hash));
     wait_committed_everywhere(&nodes, &hashes).await;

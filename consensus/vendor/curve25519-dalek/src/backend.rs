@@ -275,3 +275,15 @@ pub fn vartime_double_base_mul(a: &Scalar, A: &EdwardsPoint, b: &Scalar) -> Edwa
         BackendKind::Serial => serial::scalar_mul::vartime_double_base::mul(a, A, b),
     }
 }
+
+/// Eight field elements raised to the power (p-5)/8, in vector registers
+/// where the CPU has them (keyreg's addition, consensus/vendor/README.md).
+pub(crate) fn pow_p58_x8(x: &[crate::field::FieldElement; 8]) -> [crate::field::FieldElement; 8] {
+    match get_selected_backend() {
+        #[cfg(curve25519_dalek_backend = "avx512")]
+        BackendKind::Avx512 => vector::ifma::field::pow_p58_x8(x),
+        #[cfg(curve25519_dalek_backend = "simd")]
+        BackendKind::Avx2 => vector::avx2::field::pow_p58_x8(x),
+        BackendKind::Serial => x.map(|x| x.pow_p58()),
+    }
+}

@@ -344,7 +344,19 @@ impl FieldElement {
 
         let v3 = &v.square() * v;
         let v7 = &v3.square() * v;
-        let mut r = &(u * &v3) * &(u * &v7).pow_p58();
+        let r = &(u * &v3) * &(u * &v7).pow_p58();
+        Self::sqrt_ratio_i_finish(u, v, r)
+    }
+
+    /// The rest of [`FieldElement::sqrt_ratio_i`] once its candidate
+    /// `r = (uv^3) (uv^7)^((p-5)/8)` is known (keyreg: lets
+    /// `CompressedEdwardsY::decompress_batch` take the exponentiations in
+    /// vector registers).
+    pub(crate) fn sqrt_ratio_i_finish(
+        u: &FieldElement,
+        v: &FieldElement,
+        mut r: FieldElement,
+    ) -> (Choice, FieldElement) {
         let check = v * &r.square();
 
         let i = &constants::SQRT_M1;

@@ -20,3 +20,5 @@ pub mod avx2;
 pub mod ifma;
 
 pub mod scalar_mul;
+
+pub(crate) mod pow_p58;

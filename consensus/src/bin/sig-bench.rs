@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use curve25519_dalek::edwards::CompressedEdwardsY;
 use keyreg_consensus::crypto::{
     signed_message, BatchVerifier, Domain, PublicKey, Signature, SigningKey,
 };
@@ -131,6 +132,28 @@ fn main() {
             println!("  batch of {n:>4}, {threads} thread(s):  {b:>10.0} sig/s");
         }
     }
+    // What a batch spends most on, point decompression (every A and R),
+    // one point at a time as upstream curve25519-dalek has it and with the
+    // vendored decompress_batch (consensus/vendor/README.md).
+    let points: Vec<CompressedEdwardsY> = items
+        .iter()
+        .flat_map(|(k, _, s)| {
+            let mut r = [0u8; 32];
+            r.copy_from_slice(&s.0[..32]);
+            [CompressedEdwardsY(k.0), CompressedEdwardsY(r)]
+        })
+        .collect();
+    let one_by_one = || assert!(points.iter().all(|p| p.decompress().is_some()));
+    let batched = || {
+        let decompressed = CompressedEdwardsY::decompress_batch(&points);
+        assert!(decompressed.iter().all(Option::is_some));
+    };
+    let one = rate(1, args.seconds, points.len(), &one_by_one);
+    let many = rate(1, args.seconds, points.len(), &batched);
+    println!(
+        "  point decompression, 1 thread: {one:>10.0} points/s one at a time, {many:>10.0} in batches ({:.2}x)",
+        many / one
+    );
     // The verifier keyreg used before (the ZIP-215 reference implementation,
     // on curve25519-dalek-ng's serial arithmetic), for comparison.
     let reference = || {

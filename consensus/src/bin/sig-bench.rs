@@ -36,15 +36,23 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The vector unit curve25519-dalek picks at run time on this CPU.
+/// The vector unit curve25519-dalek picks at run time on this CPU, among
+/// the backends this build compiled in (`.cargo/config.toml` adds IFMA; a
+/// `curve25519_dalek_backend` cfg in RUSTFLAGS replaces that choice).
 fn vector_unit() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512ifma") && std::is_x86_feature_detected!("avx512vl")
+        if cfg!(curve25519_dalek_backend = "avx512")
+            && std::is_x86_feature_detected!("avx512ifma")
+            && std::is_x86_feature_detected!("avx512vl")
         {
             return "AVX-512 IFMA";
         }
-        if std::is_x86_feature_detected!("avx2") {
+        let serial_only = cfg!(any(
+            curve25519_dalek_backend = "serial",
+            curve25519_dalek_backend = "fiat"
+        ));
+        if !serial_only && std::is_x86_feature_detected!("avx2") {
             return "AVX2";
         }
     }

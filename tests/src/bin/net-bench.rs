@@ -1216,6 +1216,78 @@ const FLOOD_THREADS: usize = 64;
 /// How long the flood runs before the first revocation, to build its backlog.
 const FLOOD_LEAD: Duration = Duration::from_secs(1);
 
+/// A revocation's submission: when it was first attempted (wall clock, as
+/// block headers stamp their proposals) and how long the node took to
+/// answer it (admission, busy retries included).
+struct Submission {
+    index: usize,
+    at_unix_ms: u64,
+    answered_after: Duration,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Where a revocation's visibility went: how long its submission took to be
+/// answered, and how long after it the block that holds it was proposed
+/// (header timestamps; nodes and load generator share one clock here),
+/// with the intervals between those blocks' proposals. What is left of the
+/// visibility after the proposal is the height itself and the polling.
+fn print_revocation_path(
+    node: &NodeClient,
+    revocations: &[(DeviceName, Transaction)],
+    submissions: &[Submission],
+) {
+    let mut proposed_at: BTreeMap<u64, u64> = BTreeMap::new();
+    let (mut answered, mut included) = (Vec::new(), Vec::new());
+    for submission in submissions {
+        answered.push(submission.answered_after);
+        let Some((_, tx)) = revocations.get(submission.index) else {
+            continue;
+        };
+        let Ok(Some(height)) = node.tx_status(&tx.hash()).map(|s| s.and_then(|s| s.height)) else {
+            continue;
+        };
+        let stamp = match proposed_at.get(&height) {
+            Some(stamp) => *stamp,
+            None => match node.block(height) {
+                Ok(block) => *proposed_at
+                    .entry(height)
+                    .or_insert(block.block.header.timestamp_ms),
+                Err(_) => continue,
+            },
+        };
+        included.push(Duration::from_millis(
+            stamp.saturating_sub(submission.at_unix_ms),
+        ));
+    }
+    answered.sort();
+    included.sort();
+    let stamps: Vec<u64> = proposed_at.values().copied().collect();
+    let spacing = match (stamps.first(), stamps.last()) {
+        (Some(first), Some(last)) if stamps.len() > 1 => {
+            format!(
+                ", {:.0} ms apart on average",
+                (last - first) as f64 / (stamps.len() - 1) as f64
+            )
+        }
+        _ => String::new(),
+    };
+    println!(
+        "  revocation path: submission answered p50 {:.0} ms, p99 {:.0} ms; block holding it proposed p50 {:.0} ms, p99 {:.0} ms after submission ({} of {} found, in {} blocks{spacing})",
+        ms(percentile(&answered, 0.5)),
+        ms(percentile(&answered, 0.99)),
+        ms(percentile(&included, 0.5)),
+        ms(percentile(&included, 0.99)),
+        included.len(),
+        submissions.len(),
+        proposed_at.len(),
+    );
+}
+
 /// Item 6: revocations of devices registered at saturation (`committed[i]` is
 /// `Some` when `saturation[i]` committed; the first `skip` such are left
 /// out), under a `background` of registrations: submission (its first
@@ -1284,17 +1356,26 @@ fn revocation_phase(
         });
         let submitter = s.spawn(|| {
             let mut failures = Vec::new();
+            let mut answered = Vec::new();
             for (i, (_, tx)) in revocations.iter().enumerate() {
                 let due =
                     phase_start + lead + Duration::from_secs_f64(i as f64 / args.revocation_rate);
                 thread::sleep(due.saturating_duration_since(Instant::now()));
                 let at = Instant::now();
+                let at_unix_ms = unix_ms();
                 let mut pause = Duration::from_millis(10);
                 // Ends: every retry sleeps, and the phase deadline stops it.
                 loop {
                     match nodes[i % nodes.len()].submit(tx) {
                         Ok(_) => match pending.lock() {
-                            Ok(mut p) => p.push((i, at)),
+                            Ok(mut p) => {
+                                p.push((i, at));
+                                answered.push(Submission {
+                                    index: i,
+                                    at_unix_ms,
+                                    answered_after: at.elapsed(),
+                                });
+                            }
                             Err(_) => failures.push("poisoned".to_string()),
                         },
                         Err(e) if e.is_busy() && phase_start.elapsed() + pause < phase_deadline => {
@@ -1308,7 +1389,7 @@ fn revocation_phase(
                 }
             }
             submissions_done.store(true, Ordering::Relaxed);
-            failures
+            (failures, answered)
         });
         let polled = poll_revocations(
             nodes,
@@ -1319,9 +1400,9 @@ fn revocation_phase(
             phase_start + phase_deadline,
         );
         stop_background.store(true, Ordering::Relaxed);
-        let mut failures = submitter
+        let (mut failures, answered) = submitter
             .join()
-            .unwrap_or_else(|_| vec!["revocation submitter panicked".into()]);
+            .unwrap_or_else(|_| (vec!["revocation submitter panicked".into()], Vec::new()));
         let (visible, poll_errors) = polled?;
         if poll_errors > 0 {
             failures.push(format!("{poll_errors} look-up errors while polling"));
@@ -1335,6 +1416,7 @@ fn revocation_phase(
             background.busy_retries
         );
         print_phase_rounds(&metrics_before, &metrics_texts(nodes));
+        print_revocation_path(&nodes[0], &revocations, &answered);
         Ok((visible, failures))
     })?;
     let mut visible = visible;

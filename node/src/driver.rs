@@ -63,6 +63,14 @@ const MAX_FUTURE_DRIFT_MS: u64 = 15_000;
 /// Most transactions drained into one proposal (the block byte limit
 /// binds first).
 const MAX_TXS_PER_PROPOSAL: usize = MAX_BLOCK_TXS;
+/// Bytes of a proposal made while urgent transactions (revocations) wait,
+/// at most. Under a flood blocks are full and take a second or more each
+/// on shared cores, and a revocation waits for the height under way and
+/// then its own: a shorter block makes its own height short (about four
+/// times shorter under the flood, docs/benchmarks.md session 26). A
+/// quarter of a block is still about what loopback saturation commits per
+/// height, so the heights stay efficient; only while revocations wait.
+pub const URGENT_PROPOSAL_BYTES: usize = MAX_BLOCK_BYTES / 4;
 /// Waiting transaction bytes (or count) that start the next height without
 /// waiting out the block interval: half a block. Under a backlog a proposal
 /// still takes up to a whole block, which keeps throughput on slow links,
@@ -616,12 +624,19 @@ impl Driver {
         message
     }
 
-    /// Builds the next block from the oldest mempool transactions.
+    /// Builds the next block from the mempool: its urgent transactions,
+    /// then the oldest others; kept within [`URGENT_PROPOSAL_BYTES`] while
+    /// urgent ones wait.
     fn propose(&mut self, height: u64) -> Option<BlockValue> {
-        let txs = self
-            .shared
-            .mempool()
-            .reap(MAX_BLOCK_BYTES, MAX_TXS_PER_PROPOSAL);
+        let txs = {
+            let mempool = self.shared.mempool();
+            let max_bytes = if mempool.has_urgent() {
+                URGENT_PROPOSAL_BYTES
+            } else {
+                MAX_BLOCK_BYTES
+            };
+            mempool.reap(max_bytes, MAX_TXS_PER_PROPOSAL)
+        };
         let ledger = self.shared.read_ledger();
         if ledger.height() + 1 != height {
             return None;

@@ -27,6 +27,9 @@
 //!   the normal lane, so that a single device's key cannot fill it. (The
 //!   node also dry-runs at most a few dozen revocations per admission
 //!   round, so a fleet decommissioned in bulk is urgent only in part.)
+//!   While urgent transactions wait, proposals are kept to a quarter of a
+//!   block (`driver::URGENT_PROPOSAL_BYTES`), so the height that carries a
+//!   revocation is short even under a flood.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -222,6 +225,11 @@ impl<T: PoolTx> Mempool<T> {
         self.txs.insert(hash, (seq, lane, tx));
         debug_assert_eq!(self.normal.len() + self.urgent.len(), self.txs.len());
         Ok((hash, lane))
+    }
+
+    /// Whether urgent transactions wait.
+    pub fn has_urgent(&self) -> bool {
+        !self.urgent.is_empty()
     }
 
     /// The oldest urgent transactions, then the oldest normal ones, whose

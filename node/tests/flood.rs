@@ -22,6 +22,7 @@ use keyreg_consensus::crypto::Domain;
 use keyreg_consensus::{Hash, SigningKey};
 use keyreg_node::cli::DEMO_ADMIN_KEY_FILE;
 use keyreg_node::config::ApiLimits;
+use keyreg_node::driver::URGENT_PROPOSAL_BYTES;
 use keyreg_node::metrics::Rejection;
 use keyreg_node::node::{self, RunningNode, SubmitError};
 use keyreg_registry::testkit::test_agreement_key;
@@ -341,6 +342,84 @@ async fn a_revocation_jumps_a_full_mempool() {
         assert!(
             matches!(device.status, DeviceStatus::Revoked { .. }),
             "{device:?}"
+        );
+    }
+    node.stop().await.unwrap();
+}
+
+/// While a revocation waits, proposals are kept to a quarter of a block:
+/// behind a backlog that would fill one block, the revocation's block is
+/// short (so is its height under a flood) and the backlog follows in the
+/// next ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_block_holding_a_revocation_is_kept_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, layout) = loopback_testnet(dir.path(), CHAIN, 1, 0, 23, 0);
+    let admin = read_admin_key(&dir.path().join(DEMO_ADMIN_KEY_FILE));
+    let home = &layout[0].home;
+    let node = node::start(home, fast_config(home)).await.unwrap();
+
+    let stolen = registration(&admin, "stolen");
+    let stolen_hash = node.shared.submit(stolen.to_bytes()).await.unwrap();
+    wait_for("the device's registration", || {
+        committed(&node, &stolen_hash)
+    })
+    .await;
+
+    // One admission round (one arrival): a backlog of registrations about
+    // 1.4 quarter blocks large, which one block would hold whole, then
+    // the revocation.
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut backlog_bytes = 0;
+    while backlog_bytes < URGENT_PROPOSAL_BYTES * 7 / 5 {
+        let tx = registration(&admin, &format!("backlog-{}", batch.len())).to_bytes();
+        backlog_bytes += tx.len();
+        batch.push(tx);
+    }
+    let revocation = Transaction::new(
+        CHAIN,
+        TxBody::RevokeDevice(Revocation {
+            name: DeviceName::new("demo/stolen").unwrap(),
+            reason: "stolen".into(),
+            authority: Authority::Admin,
+        }),
+    )
+    .signed_by(&[&admin]);
+    batch.push(revocation.to_bytes());
+    let verdicts = node.shared.submit_many(batch).await.unwrap();
+    let hashes: Vec<Hash> = verdicts
+        .into_iter()
+        .map(|verdict| verdict.expect("admitted"))
+        .collect();
+    let (revocation_hash, backlog) = hashes.split_last().unwrap();
+
+    wait_for("the revocation and the backlog", || {
+        backlog.iter().all(|hash| committed(&node, hash)) && committed(&node, revocation_hash)
+    })
+    .await;
+    {
+        let ledger = node.shared.read_ledger();
+        let revoked_at = ledger.tx_location(revocation_hash).unwrap().unwrap();
+        let block = ledger.block(revoked_at.height).unwrap().unwrap();
+        let block_bytes: usize = block
+            .transactions
+            .iter()
+            .map(|tx| tx.to_bytes().len())
+            .sum();
+        assert_eq!(revoked_at.index, 0, "urgent transactions go first");
+        assert!(
+            block_bytes <= URGENT_PROPOSAL_BYTES,
+            "the revocation's block holds {block_bytes} bytes of transactions"
+        );
+        let last = ledger
+            .tx_location(&backlog[backlog.len() - 1])
+            .unwrap()
+            .unwrap();
+        assert!(
+            last.height > revoked_at.height,
+            "the backlog's last registration went in block {}, the revocation's {}",
+            last.height,
+            revoked_at.height
         );
     }
     node.stop().await.unwrap();

@@ -124,6 +124,29 @@ fn registration(admin: &SigningKey, label: &str) -> Transaction {
     Transaction::new(CHAIN, TxBody::RegisterDevice(registration)).signed_by(&[admin])
 }
 
+/// The admin's revocation of `demo/{label}`.
+fn admin_revocation(admin: &SigningKey, label: &str) -> Transaction {
+    Transaction::new(
+        CHAIN,
+        TxBody::RevokeDevice(Revocation {
+            name: DeviceName::new(&format!("demo/{label}")).unwrap(),
+            reason: "stolen".into(),
+            authority: Authority::Admin,
+        }),
+    )
+    .signed_by(&[admin])
+}
+
+/// Registers `demo/{label}` and waits until it is committed.
+async fn register_and_commit(node: &RunningNode, admin: &SigningKey, label: &str) {
+    let hash = node
+        .shared
+        .submit(registration(admin, label).to_bytes())
+        .await
+        .unwrap();
+    wait_for("the device's registration", || committed(node, &hash)).await;
+}
+
 fn submit_body(tx: &Transaction) -> String {
     format!("{{\"tx\":\"{}\"}}", hex::encode(tx.to_bytes()))
 }
@@ -291,24 +314,11 @@ async fn a_revocation_jumps_a_full_mempool() {
     config.mempool.max_txs = 32;
     let node = node::start(home, config).await.unwrap();
 
-    let stolen = registration(&admin, "stolen");
-    let stolen_hash = node.shared.submit(stolen.to_bytes()).await.unwrap();
-    wait_for("the device's registration", || {
-        committed(&node, &stolen_hash)
-    })
-    .await;
+    register_and_commit(&node, &admin, "stolen").await;
 
     // One admission round (one arrival): 40 registrations, then the
     // revocation, all inserted under one lock of the empty mempool.
-    let revocation = Transaction::new(
-        CHAIN,
-        TxBody::RevokeDevice(Revocation {
-            name: DeviceName::new("demo/stolen").unwrap(),
-            reason: "stolen".into(),
-            authority: Authority::Admin,
-        }),
-    )
-    .signed_by(&[&admin]);
+    let revocation = admin_revocation(&admin, "stolen");
     let mut batch: Vec<Vec<u8>> = (0..40)
         .map(|i| registration(&admin, &format!("flood-{i}")).to_bytes())
         .collect();
@@ -359,12 +369,7 @@ async fn a_block_holding_a_revocation_is_kept_short() {
     let home = &layout[0].home;
     let node = node::start(home, fast_config(home)).await.unwrap();
 
-    let stolen = registration(&admin, "stolen");
-    let stolen_hash = node.shared.submit(stolen.to_bytes()).await.unwrap();
-    wait_for("the device's registration", || {
-        committed(&node, &stolen_hash)
-    })
-    .await;
+    register_and_commit(&node, &admin, "stolen").await;
 
     // One admission round (one arrival): a backlog of registrations about
     // 1.4 quarter blocks large, which one block would hold whole, then
@@ -376,15 +381,7 @@ async fn a_block_holding_a_revocation_is_kept_short() {
         backlog_bytes += tx.len();
         batch.push(tx);
     }
-    let revocation = Transaction::new(
-        CHAIN,
-        TxBody::RevokeDevice(Revocation {
-            name: DeviceName::new("demo/stolen").unwrap(),
-            reason: "stolen".into(),
-            authority: Authority::Admin,
-        }),
-    )
-    .signed_by(&[&admin]);
+    let revocation = admin_revocation(&admin, "stolen");
     batch.push(revocation.to_bytes());
     let verdicts = node.shared.submit_many(batch).await.unwrap();
     let hashes: Vec<Hash> = verdicts

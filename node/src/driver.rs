@@ -66,10 +66,11 @@ const MAX_TXS_PER_PROPOSAL: usize = MAX_BLOCK_TXS;
 /// Bytes of a proposal made while urgent transactions (revocations) wait,
 /// at most. Under a flood blocks are full and take a second or more each
 /// on shared cores, and a revocation waits for the height under way and
-/// then its own: a shorter block makes its own height short (about four
-/// times shorter under the flood, docs/benchmarks.md session 26). A
-/// quarter of a block is still about what loopback saturation commits per
-/// height, so the heights stay efficient; only while revocations wait.
+/// then its own: with a quarter of the transactions to fetch, execute and
+/// write, its own height is short (the median visibility under a flood
+/// halved, docs/benchmarks.md session 26). A quarter of a block is still
+/// about what loopback saturation commits per height, so the heights stay
+/// efficient; full blocks resume once no urgent transaction waits.
 pub const URGENT_PROPOSAL_BYTES: usize = MAX_BLOCK_BYTES / 4;
 /// Waiting transaction bytes (or count) that start the next height without
 /// waiting out the block interval: half a block. Under a backlog a proposal

@@ -14,6 +14,7 @@
 //! Needs `keyreg-node` built in the same target directory
 //! (`cargo build --release -p keyreg-node`), or `--node-bin`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1251,12 +1252,10 @@ fn print_revocation_path(
         let Ok(Some(height)) = node.tx_status(&tx.hash()).map(|s| s.and_then(|s| s.height)) else {
             continue;
         };
-        let stamp = match proposed_at.get(&height) {
-            Some(stamp) => *stamp,
-            None => match node.block(height) {
-                Ok(block) => *proposed_at
-                    .entry(height)
-                    .or_insert(block.block.header.timestamp_ms),
+        let stamp = match proposed_at.entry(height) {
+            Entry::Occupied(stamp) => *stamp.get(),
+            Entry::Vacant(slot) => match node.block(height) {
+                Ok(block) => *slot.insert(block.block.header.timestamp_ms),
                 Err(_) => continue,
             },
         };

@@ -9,9 +9,10 @@
 //! oracle); this code runs them on curve25519-dalek 5 (vendored, with batch
 //! point decompression added: consensus/vendor/README.md), whose vector
 //! backends (AVX2, and AVX-512 IFMA when built with `.cargo/config.toml`'s
-//! cfg) are picked at run time by CPU feature detection: with IFMA, batches
-//! of 1024 verify about 2.3x faster than with `ed25519-consensus` on
-//! curve25519-dalek-ng's serial arithmetic (docs/benchmarks.md, `sig-bench`).
+//! cfg) are picked at run time by CPU feature detection: batches of 1024
+//! verify about 2.3x faster than with `ed25519-consensus` on
+//! curve25519-dalek-ng's serial arithmetic with IFMA, 1.7x with AVX2 alone
+//! (docs/benchmarks.md, `sig-bench`, sessions 25 and 26).
 
 use std::collections::HashMap;
 

@@ -1270,7 +1270,7 @@ fn print_revocation_path(
         (Some(first), Some(last)) if stamps.len() > 1 => {
             format!(
                 ", {:.0} ms apart on average",
-                (last - first) as f64 / (stamps.len() - 1) as f64
+                last.saturating_sub(*first) as f64 / (stamps.len() - 1) as f64
             )
         }
         _ => String::new(),

@@ -594,7 +594,9 @@ fn is_revoked(proof: &DeviceProof) -> bool {
 /// Polls every pending revocation (index into `revocations`, submission
 /// time) every [`POLL`], each time on the next node, until its proof verifies
 /// and shows it revoked; stops when all are resolved and no more will come,
-/// or at `deadline`. Returns the visibility delays and the look-up errors.
+/// or at `deadline`. Returns the visibility delays, the look-up errors and
+/// how long each look-up took (a pass waits for all of its look-ups, so
+/// slow ones delay the others' next look).
 fn poll_revocations(
     nodes: &[NodeClient],
     anchor: &TrustAnchor,
@@ -602,9 +604,10 @@ fn poll_revocations(
     pending: &Mutex<Vec<(usize, Instant)>>,
     submissions_done: &AtomicBool,
     deadline: Instant,
-) -> anyhow::Result<(Vec<Duration>, usize)> {
+) -> anyhow::Result<(Vec<Duration>, usize, Vec<Duration>)> {
     let mut visible = Vec::new();
     let mut poll_errors = 0usize;
+    let mut lookups = Vec::new();
     let mut pass = 0usize;
     while Instant::now() < deadline {
         let snapshot: Vec<(usize, Instant)> = pending
@@ -617,7 +620,10 @@ fn poll_revocations(
         let mut resolved = Vec::new();
         for (i, at) in &snapshot {
             let (name, _) = &revocations[*i];
-            match nodes[(i + pass) % nodes.len()].device_proof(name) {
+            let lookup_start = Instant::now();
+            let proof = nodes[(i + pass) % nodes.len()].device_proof(name);
+            lookups.push(lookup_start.elapsed());
+            match proof {
                 Ok(proof) => {
                     verify_device_proof(&anchor.chain_id, &anchor.validator_set, &proof)?;
                     if is_revoked(&proof) {
@@ -635,7 +641,7 @@ fn poll_revocations(
         pass += 1;
         thread::sleep(POLL);
     }
-    Ok((visible, poll_errors))
+    Ok((visible, poll_errors, lookups))
 }
 
 fn main() {
@@ -1402,7 +1408,15 @@ fn revocation_phase(
         let (mut failures, answered) = submitter
             .join()
             .unwrap_or_else(|_| (vec!["revocation submitter panicked".into()], Vec::new()));
-        let (visible, poll_errors) = polled?;
+        let (visible, poll_errors, mut lookups) = polled?;
+        lookups.sort();
+        println!(
+            "  polling: {} look-ups (GET + verify), p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lookups.len(),
+            ms(percentile(&lookups, 0.5)),
+            ms(percentile(&lookups, 0.99)),
+            ms(lookups.last().copied().unwrap_or_default())
+        );
         if poll_errors > 0 {
             failures.push(format!("{poll_errors} look-up errors while polling"));
         }

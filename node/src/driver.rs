@@ -541,8 +541,10 @@ impl Driver {
             match action {
                 Action::Persist(state) => {
                     let started = Instant::now();
+                    // Shared access: look-ups and admission go on reading
+                    // while the synced write lasts.
                     self.safety
-                        .persist(self.shared.write_ledger().store_mut(), state)?;
+                        .persist(self.shared.read_ledger().store(), state)?;
                     observe_since(&self.shared.metrics.safety_persist_seconds, started);
                 }
                 Action::Broadcast(message) => {
@@ -720,10 +722,18 @@ impl Driver {
             certificate,
         };
         let started = Instant::now();
+        // The block goes to disk under shared access, so look-ups and
+        // admission are not held up by the synced write; only moving the
+        // head takes the ledger exclusively. The driver is the ledger's
+        // only writer, so nothing else writes between the two steps.
+        let durable = self
+            .shared
+            .read_ledger()
+            .write_commit(&committed, execution)?;
         let (old_epoch, next_set) = {
             let mut ledger = self.shared.write_ledger();
             let old_epoch = ledger.validator_set().epoch;
-            ledger.commit(&committed, execution)?;
+            ledger.advance(&committed, durable)?;
             (old_epoch, ledger.validator_set().clone())
         };
         observe_since(&self.shared.metrics.block_commit_seconds, started);
@@ -753,7 +763,7 @@ impl Driver {
 
         if next_set.epoch != old_epoch {
             epochs::record(
-                &mut self.shared.write_ledger(),
+                &self.shared.read_ledger(),
                 next_set.epoch,
                 height,
                 &next_set,
@@ -811,10 +821,7 @@ impl Driver {
         let mut key = b"evidence/".to_vec();
         key.extend_from_slice(&evidence.height().to_be_bytes());
         key.extend_from_slice(&id.0);
-        self.shared
-            .write_ledger()
-            .store_mut()
-            .put_meta(&key, &bytes)?;
+        self.shared.read_ledger().store().put_meta(&key, &bytes)?;
         tracing::warn!(
             offender = %evidence.offender(),
             height = evidence.height(),

@@ -53,7 +53,7 @@ fn load(ledger: &Ledger<Store>, epoch: u64) -> Result<Option<EpochEntry>, StoreE
 
 /// Records that `set` (epoch `epoch`) starts after block `handover_height`.
 pub fn record(
-    ledger: &mut Ledger<Store>,
+    ledger: &Ledger<Store>,
     epoch: u64,
     handover_height: u64,
     set: &ValidatorSet,
@@ -63,9 +63,7 @@ pub fn record(
         handover_height,
         validator_set: set.clone(),
     };
-    ledger
-        .store_mut()
-        .put_meta(&key(epoch), &entry.to_bytes())?;
+    ledger.store().put_meta(&key(epoch), &entry.to_bytes())?;
     Ok(())
 }
 

@@ -85,7 +85,7 @@ impl SafetyStore {
     /// longer names.
     pub fn persist(
         &mut self,
-        store: &mut impl LedgerStore,
+        store: &impl LedgerStore,
         state: SafetyState<BlockValue>,
     ) -> Result<(), NodeError> {
         let (state, values) = state.split();
@@ -195,24 +195,24 @@ mod tests {
         let key = SigningKey::from_seed([3; 32]);
         let (v, w) = (block(1, 1), block(1, 2));
         let all = [v.hash(), w.hash()];
-        let mut store = MemLedgerStore::new();
+        let store = MemLedgerStore::new();
         let (mut safety, loaded) = SafetyStore::load(&store).unwrap();
         assert!(loaded.is_none());
 
         let first = state(None, vec![proposal(&key, 0, &v)]);
-        safety.persist(&mut store, first.clone()).unwrap();
+        safety.persist(&store, first.clone()).unwrap();
         assert_eq!(reload(&store), Some(first));
         assert_eq!(stored_blocks(&store, &all), vec![v.hash()]);
 
         let second = state(Some(&v), vec![proposal(&key, 0, &v), proposal(&key, 1, &w)]);
-        safety.persist(&mut store, second.clone()).unwrap();
+        safety.persist(&store, second.clone()).unwrap();
         assert_eq!(reload(&store), Some(second));
         assert_eq!(stored_blocks(&store, &all), all.to_vec());
 
         // A new height: no value named, none kept.
         let mut next = state(None, Vec::new());
         next.height = 2;
-        safety.persist(&mut store, next.clone()).unwrap();
+        safety.persist(&store, next.clone()).unwrap();
         assert_eq!(reload(&store), Some(next));
         assert!(stored_blocks(&store, &all).is_empty());
     }
@@ -222,12 +222,12 @@ mod tests {
         let key = SigningKey::from_seed([7; 32]);
         let v = block(1, 1);
         let old = state(Some(&v), vec![proposal(&key, 0, &v)]);
-        let mut store = MemLedgerStore::new();
+        let store = MemLedgerStore::new();
         store.put_meta(INLINE_STATE_KEY, &old.to_bytes()).unwrap();
 
         let (mut safety, loaded) = SafetyStore::load(&store).unwrap();
         assert_eq!(loaded, Some(old.clone()));
-        safety.persist(&mut store, old.clone()).unwrap();
+        safety.persist(&store, old.clone()).unwrap();
         assert!(store.get_meta(INLINE_STATE_KEY).unwrap().is_none());
         assert_eq!(reload(&store), Some(old));
     }
@@ -236,10 +236,10 @@ mod tests {
     fn a_missing_or_wrong_block_fails_the_load() {
         let key = SigningKey::from_seed([9; 32]);
         let (v, w) = (block(1, 1), block(1, 2));
-        let mut store = MemLedgerStore::new();
+        let store = MemLedgerStore::new();
         let (mut safety, _) = SafetyStore::load(&store).unwrap();
         safety
-            .persist(&mut store, state(Some(&v), vec![proposal(&key, 0, &v)]))
+            .persist(&store, state(Some(&v), vec![proposal(&key, 0, &v)]))
             .unwrap();
 
         store

@@ -44,9 +44,20 @@ pub enum LedgerError {
     NoCertifiedBlock,
     #[error("state of height {height} is pruned (oldest kept: {oldest})")]
     Pruned { height: u64, oldest: u64 },
+    #[error("block {height} is not the block written durably, or not the next one")]
+    NotWritten { height: u64 },
 }
 
-/// A store and its head. All writes go through [`Ledger::commit`].
+/// A block that [`Ledger::write_commit`] made durable, waiting for
+/// [`Ledger::advance`] to make it the head.
+#[must_use = "the block is durable but not the head until Ledger::advance"]
+pub struct DurableCommit {
+    header_hash: Hash,
+    execution: BlockExecution,
+}
+
+/// A store and its head. All writes go through [`Ledger::commit`] (or its
+/// two steps, [`Ledger::write_commit`] and [`Ledger::advance`]).
 pub struct Ledger<S: LedgerStore> {
     store: S,
     chain_id: String,
@@ -153,14 +164,10 @@ impl<S: LedgerStore> Ledger<S> {
         &self.validator_set
     }
 
+    /// Also for the node's own metadata ([`LedgerStore::put_meta`], written
+    /// under shared access); blocks go through [`Ledger::commit`].
     pub fn store(&self) -> &S {
         &self.store
-    }
-
-    /// For the node's own metadata ([`LedgerStore::put_meta`]); blocks go
-    /// through [`Ledger::commit`].
-    pub fn store_mut(&mut self) -> &mut S {
-        &mut self.store
     }
 
     /// The state after block `height`.
@@ -376,6 +383,21 @@ impl<S: LedgerStore> Ledger<S> {
         committed: &CommittedBlock,
         execution: BlockExecution,
     ) -> Result<(), LedgerError> {
+        let durable = self.write_commit(committed, execution)?;
+        self.advance(committed, durable)
+    }
+
+    /// The first step of [`commit`](Self::commit), under shared access:
+    /// the same checks, then the store's durable write
+    /// ([`LedgerStore::write_block_durably`]). The head does not move, so
+    /// readers (look-ups, admission, block sync) go on reading it while the
+    /// block goes to disk. [`advance`](Self::advance) must follow before
+    /// any other write.
+    pub fn write_commit(
+        &self,
+        committed: &CommittedBlock,
+        mut execution: BlockExecution,
+    ) -> Result<DurableCommit, LedgerError> {
         let header = &committed.block.header;
         if execution.height != header.height {
             return Err(LedgerError::ExecutionMismatch {
@@ -402,7 +424,35 @@ impl<S: LedgerStore> Ledger<S> {
             &header.hash(),
             &committed.certificate,
         )?;
-        self.store.write_block(
+        self.store.write_block_durably(
+            committed,
+            &mut execution.tree_batch,
+            &execution.changes,
+            &execution.results,
+            &execution.tx_hashes,
+        )?;
+        Ok(DurableCommit {
+            header_hash: header.hash(),
+            execution,
+        })
+    }
+
+    /// The second step of [`commit`](Self::commit): `committed`, the block
+    /// `durable` was written for, becomes the head. Takes exclusive access
+    /// only to move the head in memory.
+    pub fn advance(
+        &mut self,
+        committed: &CommittedBlock,
+        durable: DurableCommit,
+    ) -> Result<(), LedgerError> {
+        let header = &committed.block.header;
+        if durable.header_hash != header.hash() || header.height != self.head.height + 1 {
+            return Err(LedgerError::NotWritten {
+                height: header.height,
+            });
+        }
+        let execution = durable.execution;
+        self.store.advance_head(
             committed,
             execution.tree_batch,
             &execution.changes,

@@ -46,7 +46,7 @@ pub use execute::{
     BlockExecution, Execution, TxResult,
 };
 pub use genesis::{Genesis, GenesisError, GenesisOrg, GenesisState};
-pub use ledger::{Ledger, LedgerError};
+pub use ledger::{DurableCommit, Ledger, LedgerError};
 pub use lookup::{verify_device_proof, DeviceProof, ProofCheckError};
 pub use names::{DeviceName, NameError, OrgId};
 pub use records::{

@@ -36,7 +36,7 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
             .signed_by(&[&device_key("d1")]);
         env.run(vec![revoke]);
         env.ledger
-            .store_mut()
+            .store()
             .put_meta(b"consensus/safety", b"locked-round-3")
             .unwrap();
         let roots: Vec<_> = (0..=env.ledger.height())
@@ -90,7 +90,7 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
     );
     // Several of the node's own keys put and deleted in one write.
     env.ledger
-        .store_mut()
+        .store()
         .write_meta(
             &[(b"consensus/value/a", b"block a"), (b"consensus/x", b"x")],
             &[b"consensus/safety"],
@@ -133,6 +133,95 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
 
 /// A RocksDB ledger in `dir` and an in-memory one on the same test network,
 /// and acme's admin key.
+/// The next block after `ledger`'s head, proposed and certified, with its
+/// execution.
+fn next_certified(
+    ledger: &Ledger<RocksLedgerStore>,
+    net: &keyreg_registry::testkit::TestNet,
+    txs: Vec<Transaction>,
+) -> (
+    keyreg_registry::CommittedBlock,
+    keyreg_registry::BlockExecution,
+) {
+    let set = ledger.validator_set().clone();
+    let proposer = set.get(0).unwrap().key;
+    let timestamp = ledger.head().timestamp_ms + 1000;
+    let (block, execution) = ledger.propose(txs, timestamp, proposer, |_| false).unwrap();
+    let certificate = keyreg_registry::testkit::certify(CHAIN, &set, &net.validator_keys, &block);
+    let committed = keyreg_registry::CommittedBlock {
+        version: keyreg_registry::CommittedBlock::VERSION,
+        block,
+        certificate,
+    };
+    (committed, execution)
+}
+
+#[test]
+fn a_block_written_durably_leaves_readers_on_the_old_head_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = net();
+    let admin = net.admin("acme").clone();
+    let d0 = name("acme/d0");
+    let mut ledger = open(dir.path(), &net);
+    keyreg_registry::testkit::commit_next(
+        &mut ledger,
+        &net.validator_keys,
+        vec![register(&admin, "acme/d0", &device_key("d0"), None)],
+    )
+    .unwrap();
+    let before = ledger.device_proof(&d0).unwrap();
+    let revoke = Transaction::new(CHAIN, revocation("acme/d0", Authority::Device))
+        .signed_by(&[&device_key("d0")]);
+    let (committed, execution) = next_certified(&ledger, &net, vec![revoke.clone()]);
+    let durable = ledger.write_commit(&committed, execution).unwrap();
+
+    // Written, not advanced: readers get the old head's state and proofs.
+    assert_eq!(ledger.height(), 1);
+    let during = ledger.device_proof(&d0).unwrap();
+    assert_eq!(during, before);
+    let record = verify_device_proof(CHAIN, ledger.validator_set(), &during)
+        .unwrap()
+        .unwrap();
+    assert!(record.is_active());
+    // The transaction index already answers for the written block.
+    assert_eq!(
+        ledger.tx_location(&revoke.hash()).unwrap().unwrap().height,
+        2
+    );
+
+    // Another block of the same height cannot take the written one's place.
+    let (other, _) = next_certified(&ledger, &net, vec![register_acme(&admin, 1)]);
+    assert!(matches!(
+        ledger.advance(&other, durable),
+        Err(LedgerError::NotWritten { height: 2 })
+    ));
+    // So a fresh execution is written again (the same bytes) and advanced.
+    let (committed, execution) = next_certified(&ledger, &net, vec![revoke]);
+    let durable = ledger.write_commit(&committed, execution).unwrap();
+    ledger.advance(&committed, durable).unwrap();
+    assert_eq!(ledger.height(), 2);
+    let after = ledger.device_proof(&d0).unwrap();
+    assert!(!verify_device_proof(CHAIN, ledger.validator_set(), &after)
+        .unwrap()
+        .unwrap()
+        .is_active());
+
+    // A block written but never advanced (the node stopped between the
+    // two steps) is not lost: the store reopens with it as the head.
+    let (third, execution) = next_certified(&ledger, &net, vec![register_acme(&admin, 2)]);
+    let root = third.block.header.state_root;
+    let _durable = ledger.write_commit(&third, execution).unwrap();
+    drop(ledger);
+    let reopened = open(dir.path(), &net);
+    assert_eq!(reopened.height(), 3);
+    assert_eq!(reopened.head().state_root, root);
+    let proof = reopened.device_proof(&name("acme/d2")).unwrap();
+    assert!(verify_device_proof(CHAIN, reopened.validator_set(), &proof)
+        .unwrap()
+        .unwrap()
+        .is_active());
+}
+
 fn rocks_and_memory(
     dir: &std::path::Path,
 ) -> (

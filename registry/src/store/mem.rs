@@ -1,6 +1,7 @@
 //! An in-memory ledger store (tests, simulations, ephemeral nodes).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
 
 use keyreg_consensus::certificate::CommitCertificate;
 use keyreg_consensus::codec::Canonical;
@@ -12,17 +13,33 @@ use crate::execute::TxResult;
 use crate::state::StateChanges;
 use crate::tree::{MemNodeStore, Node, NodeKey, NodeReader, TreeBatch, TreeError};
 
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct MemLedgerStore {
     nodes: MemNodeStore,
     blocks: Vec<Block>,
     certificates: BTreeMap<u64, CommitCertificate>,
     txs: HashMap<Hash, TxLocation>,
-    meta: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Behind a lock: metadata is written under shared access.
+    meta: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     genesis_hash: Option<Hash>,
     oldest_tree_version: u64,
     /// The head value index.
     head_values: HashMap<Hash, Vec<u8>>,
+}
+
+impl Clone for MemLedgerStore {
+    fn clone(&self) -> Self {
+        MemLedgerStore {
+            nodes: self.nodes.clone(),
+            blocks: self.blocks.clone(),
+            certificates: self.certificates.clone(),
+            txs: self.txs.clone(),
+            meta: Mutex::new(self.meta().clone()),
+            genesis_hash: self.genesis_hash,
+            oldest_tree_version: self.oldest_tree_version,
+            head_values: self.head_values.clone(),
+        }
+    }
 }
 
 impl MemLedgerStore {
@@ -37,6 +54,12 @@ impl MemLedgerStore {
                 None => self.head_values.remove(key),
             };
         }
+    }
+
+    fn meta(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
+        // Each write is a few map operations that cannot leave the map
+        // half-changed, so a poisoned lock's map is still whole.
+        self.meta.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of stored tree nodes (to observe pruning).
@@ -98,7 +121,20 @@ impl LedgerStore for MemLedgerStore {
         Ok(())
     }
 
-    fn write_block(
+    /// Nothing is durable here: only the checks, so that a bad append fails
+    /// in the same step as in a durable store.
+    fn write_block_durably(
+        &self,
+        committed: &CommittedBlock,
+        tree: &mut TreeBatch,
+        _changes: &StateChanges,
+        results: &[TxResult],
+        tx_hashes: &[Hash],
+    ) -> Result<(), StoreError> {
+        check_append(self.head()?, committed, tree, results, tx_hashes)
+    }
+
+    fn advance_head(
         &mut self,
         committed: &CommittedBlock,
         tree: TreeBatch,
@@ -125,18 +161,19 @@ impl LedgerStore for MemLedgerStore {
         Ok(())
     }
 
-    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
+    fn write_meta(&self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
+        let mut meta = self.meta();
         for (key, value) in puts {
-            self.meta.insert(key.to_vec(), value.to_vec());
+            meta.insert(key.to_vec(), value.to_vec());
         }
         for key in deletes {
-            self.meta.remove(*key);
+            meta.remove(*key);
         }
         Ok(())
     }
 
     fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.meta.get(key).cloned())
+        Ok(self.meta().get(key).cloned())
     }
 
     fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {

@@ -10,6 +10,23 @@
 //! consistent earlier height, and [`LedgerStore::stored_head`] tells
 //! [`Ledger::open`](crate::Ledger::open) which blocks to execute again.
 //!
+//! It runs in two steps, so that readers need not wait for the disk:
+//! [`write_block_durably`](LedgerStore::write_block_durably) takes shared
+//! access and does the writing (the synced write of the block, the batch of
+//! its tree and indexes), while the head stays where it was;
+//! [`advance_head`](LedgerStore::advance_head) then takes exclusive access
+//! only to move the head in memory. Between the two, readers of the head
+//! read the previous head's tree (its nodes are not touched: a block writes
+//! nodes of its own version only), and the transaction index may already
+//! answer for the new block: a transaction already reads as committed,
+//! which is what admission wants to know. The head value index is ahead of
+//! the head then, so [`LedgerStore::has_head_index`] is false from before
+//! it changes until the head moves, and executions begun in the window read
+//! through the tree. (One begun just before may still read a few of the new
+//! values: only admission's dry runs run beside the writer, and a dry run
+//! that sees the block being committed judges by the newer state.) Only one
+//! writer (the node's driver) runs the two steps, one block at a time.
+//!
 //! The head value index holds every state key's value at the head version,
 //! beside the tree: execution reads a record with one point read instead of
 //! a walk down the tree (proofs still come from the tree). It is written in
@@ -109,7 +126,36 @@ pub trait LedgerStore: NodeReader {
     /// (`changes`, for the head value index), per-transaction results and
     /// transaction hashes (in block order), atomically and durably. The tree
     /// update is the store's to keep (an in-memory store keeps its nodes).
+    /// Both steps of the module docs, one after the other.
     fn write_block(
+        &mut self,
+        committed: &CommittedBlock,
+        mut tree: TreeBatch,
+        changes: &StateChanges,
+        results: &[TxResult],
+        tx_hashes: &[Hash],
+    ) -> Result<(), StoreError> {
+        self.write_block_durably(committed, &mut tree, changes, results, tx_hashes)?;
+        self.advance_head(committed, tree, changes, results, tx_hashes)
+    }
+    /// The first step of [`write_block`](Self::write_block), under shared
+    /// access: makes the block at `head + 1` and its derived data durable
+    /// (as far as the store is durable at all; the in-memory store only
+    /// checks the append here) without moving the head. `tree`'s new nodes
+    /// may be reordered. [`advance_head`](Self::advance_head) with the same
+    /// arguments must follow before any other write.
+    fn write_block_durably(
+        &self,
+        committed: &CommittedBlock,
+        tree: &mut TreeBatch,
+        changes: &StateChanges,
+        results: &[TxResult],
+        tx_hashes: &[Hash],
+    ) -> Result<(), StoreError>;
+    /// The second step of [`write_block`](Self::write_block): the block
+    /// written by [`write_block_durably`](Self::write_block_durably)
+    /// becomes the head.
+    fn advance_head(
         &mut self,
         committed: &CommittedBlock,
         tree: TreeBatch,
@@ -123,13 +169,14 @@ pub trait LedgerStore: NodeReader {
     /// index; only meaningful when [`has_head_index`](Self::has_head_index).
     fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError>;
     /// The node's own durable key/value pairs (e.g. consensus safety state);
-    /// written synchronously, in a namespace of their own.
-    fn put_meta(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+    /// written synchronously, in a namespace of their own. Shared access:
+    /// a synced write of the safety state does not hold up readers.
+    fn put_meta(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.write_meta(&[(key, value)], &[])
     }
     /// Puts and deletes of the node's own pairs, all or none (one
     /// synchronous write).
-    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError>;
+    fn write_meta(&self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError>;
     fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Deletes tree nodes that no version `>= oldest_kept_version` uses.
     /// Returns how many nodes were deleted.

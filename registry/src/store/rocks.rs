@@ -28,6 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use keyreg_consensus::certificate::CommitCertificate;
 use keyreg_consensus::codec::Canonical;
@@ -251,6 +252,9 @@ pub struct RocksLedgerStore {
     stored_head: Option<u64>,
     /// Whether `values` matches the head (see [`LedgerStore::has_head_index`]).
     head_index: bool,
+    /// Set while a block written durably has not become the head: `values`
+    /// is then ahead of the head, so executions read through the tree.
+    written_ahead: AtomicBool,
     /// The head tree's top levels, in memory.
     top: TopNodes,
 }
@@ -273,6 +277,7 @@ impl RocksLedgerStore {
             head: None,
             stored_head: None,
             head_index: false,
+            written_ahead: AtomicBool::new(false),
             top: TopNodes::default(),
         };
         store.stored_head = store
@@ -557,15 +562,15 @@ impl LedgerStore for RocksLedgerStore {
         Ok(())
     }
 
-    fn write_block(
-        &mut self,
+    fn write_block_durably(
+        &self,
         committed: &CommittedBlock,
-        mut tree: TreeBatch,
+        tree: &mut TreeBatch,
         changes: &StateChanges,
         results: &[TxResult],
         tx_hashes: &[Hash],
     ) -> Result<(), StoreError> {
-        check_append(self.head, committed, &tree, results, tx_hashes)?;
+        check_append(self.head, committed, tree, results, tx_hashes)?;
         let block = &committed.block;
         let height = block.header.height;
         // Logged and synced first: a flush never holds a block's tree
@@ -586,13 +591,14 @@ impl LedgerStore for RocksLedgerStore {
             batch.put_cf(self.cf(CF_CERTS)?, height_key(height), certificate_bytes);
             batch.put_cf(self.cf(CF_META)?, META_HEAD, height_key(height));
             self.write(batch)?;
-            self.stored_head = Some(height);
         } else if self.header(height)?.map(|stored| stored.hash()) != Some(block.header.hash()) {
             return Err(StoreError::Order(format!(
                 "block {height} is not the one stored at that height"
             )));
         }
-        let tree_records = TreeRecords::new(&mut tree);
+        // Before the values change (module docs of `store`).
+        self.written_ahead.store(true, Ordering::SeqCst);
+        let tree_records = TreeRecords::new(tree);
         let tx_index = self.tx_index_entries(height, results, tx_hashes)?;
         // Sized up front: a block's batch is megabytes, and growing it by
         // doubling copies it and touches fresh pages each time.
@@ -621,12 +627,36 @@ impl LedgerStore for RocksLedgerStore {
         if height.is_multiple_of(FLUSH_EVERY_BLOCKS) {
             self.flush_all(false)?;
         }
-        self.top.apply(tree);
-        self.head = Some(height);
         Ok(())
     }
 
-    fn write_meta(&mut self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
+    fn advance_head(
+        &mut self,
+        committed: &CommittedBlock,
+        tree: TreeBatch,
+        _changes: &StateChanges,
+        results: &[TxResult],
+        tx_hashes: &[Hash],
+    ) -> Result<(), StoreError> {
+        check_append(self.head, committed, &tree, results, tx_hashes)?;
+        let height = committed.block.header.height;
+        let written = self
+            .get(CF_META, META_TREE_HEIGHT)?
+            .map(|bytes| decode_u64("tree height", &bytes))
+            .transpose()?;
+        if written != Some(height) {
+            return Err(StoreError::Order(format!(
+                "head moved to block {height} before its tree was written"
+            )));
+        }
+        self.stored_head = Some(self.stored_head.map_or(height, |stored| stored.max(height)));
+        self.top.apply(tree);
+        self.head = Some(height);
+        self.written_ahead.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn write_meta(&self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError> {
         let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
         for (key, value) in puts {
@@ -686,7 +716,7 @@ impl LedgerStore for RocksLedgerStore {
     }
 
     fn has_head_index(&self) -> bool {
-        self.head_index
+        self.head_index && !self.written_ahead.load(Ordering::SeqCst)
     }
 
     fn head_value(&self, key: &Hash) -> Result<Option<Vec<u8>>, StoreError> {

@@ -27,6 +27,7 @@
 use std::borrow::Cow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +174,63 @@ pub struct Driver {
     /// Proposals (by value hash) whose missing transactions are being
     /// fetched; at most [`MAX_FETCHES`].
     fetching: HashSet<Hash>,
+    pruning: Pruning,
+}
+
+/// Deletes old tree versions beside the driver, one step at a time
+/// ([`Ledger::prune_step`], about 10 000 nodes, under the ledger's read
+/// lock for that step only). A hundred heights of full blocks make over a
+/// million nodes stale, seconds of deletes: done in one go under the
+/// write lock, as before, they held up every reader and the driver itself
+/// (docs/benchmarks.md, session 27).
+#[derive(Default)]
+struct Pruning {
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pruning {
+    /// Starts pruning down to version `oldest`, unless a pruning is still
+    /// under way: the next one then deletes what this one would have.
+    fn start(&mut self, shared: &Arc<Shared>, oldest: u64) {
+        if self.task.as_ref().is_some_and(|task| !task.is_finished()) {
+            tracing::debug!(oldest, "pruning still under way; this one skipped");
+            return;
+        }
+        let (shared, stop) = (shared.clone(), self.stop.clone());
+        self.task = Some(tokio::task::spawn_blocking(move || {
+            let mut deleted = 0;
+            // Ends: a step that is not done deleted stale-index entries at
+            // or below `oldest`, of which there are finitely many, and
+            // nothing adds new ones there (new ones are above the head).
+            while !stop.load(Ordering::SeqCst) {
+                match shared.read_ledger().prune_step(oldest) {
+                    Ok(step) => {
+                        deleted += step.deleted;
+                        if step.done {
+                            tracing::debug!(oldest, deleted, "pruned old tree versions");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Not fatal: what is left is deleted next time.
+                        tracing::error!(oldest, error = %e, "pruning old tree versions failed");
+                        return;
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Stops a pruning under way after its current step and waits for it.
+    async fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(task) = self.task.take() {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "pruning task failed");
+            }
+        }
+    }
 }
 
 fn observe_since(histogram: &Histogram, started: Instant) {
@@ -226,13 +284,25 @@ impl Driver {
             sync_hints,
             inputs,
             fetching: HashSet::new(),
+            pruning: Pruning::default(),
         })
     }
 
     /// Runs until shutdown; an error is fatal for the node (it can no longer
-    /// vote safely or store what it committed).
+    /// vote safely or store what it committed). Returns once a pruning
+    /// under way has stopped too, so the store is released with the node.
     pub async fn run(
         mut self,
+        inputs: mpsc::Receiver<DriverInput>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), NodeError> {
+        let result = self.drive(inputs, shutdown).await;
+        self.pruning.stop().await;
+        result
+    }
+
+    async fn drive(
+        &mut self,
         mut inputs: mpsc::Receiver<DriverInput>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), NodeError> {
@@ -751,8 +821,11 @@ impl Driver {
             self.shared.metrics.mempool_size.set(mempool.len() as i64);
         }
         if self.keep_tree_versions > 0 && height.is_multiple_of(PRUNE_INTERVAL) {
-            let deleted = self.shared.write_ledger().prune(self.keep_tree_versions)?;
-            tracing::debug!(height, deleted, "pruned old tree versions");
+            let oldest = self
+                .shared
+                .read_ledger()
+                .oldest_to_keep(self.keep_tree_versions);
+            self.pruning.start(&self.shared, oldest);
         }
         self.shared.metrics.commits.inc();
         self.shared

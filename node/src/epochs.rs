@@ -12,7 +12,9 @@
 use bincode::{Decode, Encode};
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::ValidatorSet;
-use keyreg_registry::{CommittedBlock, Ledger, LedgerError, LedgerStore, RecordReader, StoreError};
+use keyreg_registry::{
+    CommittedBlock, Genesis, Ledger, LedgerError, LedgerStore, RecordReader, StoreError,
+};
 
 use crate::node::{NodeError, Store};
 
@@ -87,15 +89,14 @@ pub fn lookup(
     Ok(Some((entry.validator_set, Some(handover))))
 }
 
-/// Writes the entries a crash may have left out: epoch 0 from the genesis
-/// state, and any epoch up to the current one from the headers (scanning
-/// back from the head; a missing entry is always for the newest epochs).
-pub fn repair(ledger: &mut Ledger<Store>) -> Result<(), NodeError> {
+/// Writes the entries a crash may have left out: epoch 0 from `genesis`
+/// (the ledger was opened from it; its tree version 0 may be pruned in a
+/// store written by other means, such as `scale-bench`), and any epoch up
+/// to the current one from the headers (scanning back from the head; a
+/// missing entry is always for the newest epochs).
+pub fn repair(ledger: &Ledger<Store>, genesis: &Genesis) -> Result<(), NodeError> {
     if load(ledger, 0)?.is_none() {
-        let genesis_set = ledger
-            .state_at(0)?
-            .validator_set()
-            .map_err(LedgerError::from)?;
+        let genesis_set = genesis.validator_set().map_err(LedgerError::from)?;
         record(ledger, 0, 0, &genesis_set)?;
     }
     let current = ledger.validator_set().epoch;

@@ -517,16 +517,17 @@ pub async fn start(home: &Path, config: Config) -> Result<RunningNode, NodeError
             "executed again the stored blocks whose tree a crash lost"
         );
     }
-    start_with(key, ledger, config).await
+    start_with(key, ledger, &genesis, config).await
 }
 
 async fn start_with(
     key: SigningKey,
-    mut ledger: Ledger<Store>,
+    ledger: Ledger<Store>,
+    genesis: &Genesis,
     config: Config,
 ) -> Result<RunningNode, NodeError> {
     let metrics = Metrics::new();
-    epochs::repair(&mut ledger)?;
+    epochs::repair(&ledger, genesis)?;
     let chain_id = ledger.chain_id().to_string();
     let set = ledger.validator_set().clone();
     let mut allowed: BTreeSet<PublicKey> = set.validators().iter().map(|v| v.key).collect();

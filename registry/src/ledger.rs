@@ -16,7 +16,7 @@ use crate::lookup::DeviceProof;
 use crate::names::{DeviceName, OrgId};
 use crate::records::{DeviceRecord, GovernanceRecord, OrgRecord, ValidatorInfo};
 use crate::state::{RecordReader, StateError, StateView};
-use crate::store::{LedgerStore, StoreError, TxLocation};
+use crate::store::{LedgerStore, PruneStep, StoreError, TxLocation};
 use crate::tree_state::TreeState;
 use crate::tx::{check_stateless_unless, HashedTx, Transaction, TxError};
 
@@ -549,8 +549,22 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Keeps the tree versions of the last `keep_last` (>= 1) heights and
     /// deletes nodes only older versions use. Blocks are kept.
-    pub fn prune(&mut self, keep_last: u64) -> Result<u64, LedgerError> {
-        let oldest_kept = (self.head.height + 1).saturating_sub(keep_last.max(1));
-        Ok(self.store.prune_tree(oldest_kept)?)
+    pub fn prune(&self, keep_last: u64) -> Result<u64, LedgerError> {
+        Ok(self.store.prune_tree(self.oldest_to_keep(keep_last))?)
+    }
+
+    /// The oldest tree version that keeping the last `keep_last` (>= 1)
+    /// heights keeps.
+    pub fn oldest_to_keep(&self, keep_last: u64) -> u64 {
+        (self.head.height + 1).saturating_sub(keep_last.max(1))
+    }
+
+    /// One step of [`prune`](Self::prune) down to `oldest_kept_version`
+    /// (from [`oldest_to_keep`](Self::oldest_to_keep), taken once for all
+    /// the steps): at most about [`PRUNE_CHUNK`](crate::PRUNE_CHUNK) nodes,
+    /// under shared access, so a node prunes between its commits instead
+    /// of holding the ledger for the whole deletion.
+    pub fn prune_step(&self, oldest_kept_version: u64) -> Result<PruneStep, LedgerError> {
+        Ok(self.store.prune_tree_step(oldest_kept_version)?)
     }
 }

@@ -54,7 +54,7 @@ pub use records::{
     ValidatorInfo,
 };
 pub use state::{RecordReader, StateError, StateView};
-pub use store::{LedgerStore, MemLedgerStore, StoreError, TxLocation};
+pub use store::{LedgerStore, MemLedgerStore, PruneStep, StoreError, TxLocation, PRUNE_CHUNK};
 #[cfg(feature = "rocksdb")]
 pub use store::{RocksLedgerStore, FLUSH_EVERY_BLOCKS};
 pub use tree_state::TreeState;

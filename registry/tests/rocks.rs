@@ -131,6 +131,80 @@ fn reopened_store_has_the_same_head_roots_and_proofs() {
         .is_some());
 }
 
+#[test]
+fn pruning_in_steps_refuses_old_versions_from_its_first_step_and_lets_commits_in_between() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = Env {
+        ledger: open(dir.path(), &net()),
+        net: common::net(),
+    };
+    let admin = env.admin("acme");
+    // Enough rewritten nodes for more than one step of PRUNE_CHUNK.
+    for block in 0..30 {
+        env.run(
+            (0..600)
+                .map(|i| register_acme(&admin, block * 600 + i))
+                .collect(),
+        );
+    }
+    let oldest = env.ledger.oldest_to_keep(5);
+    assert_eq!(oldest, 26);
+    let first = env.ledger.prune_step(oldest).unwrap();
+    assert!(!first.done, "one step deleted everything: {first:?}");
+    assert!(first.deleted >= keyreg_registry::PRUNE_CHUNK as u64);
+    // Refused as pruned from the first step on, before all its nodes went.
+    assert!(matches!(
+        env.ledger.state_at(oldest - 1),
+        Err(LedgerError::Pruned { .. })
+    ));
+    // A commit between two steps.
+    env.run(vec![register(
+        &admin,
+        "acme/between",
+        &device_key("b"),
+        None,
+    )]);
+    let mut deleted = first.deleted;
+    for _ in 0..1000 {
+        let step = env.ledger.prune_step(oldest).unwrap();
+        deleted += step.deleted;
+        if step.done {
+            break;
+        }
+    }
+    assert!(
+        env.ledger.prune_step(oldest).unwrap()
+            == keyreg_registry::PruneStep {
+                deleted: 0,
+                done: true,
+            }
+    );
+    assert!(deleted > first.deleted);
+    // Every kept version still holds its whole tree.
+    for height in oldest..=env.ledger.height() {
+        let header = env.ledger.header(height).unwrap().unwrap();
+        assert_eq!(
+            env.ledger.state_at(height).unwrap().root().unwrap(),
+            header.state_root
+        );
+        let proof = env
+            .ledger
+            .device_proof_at(&name("acme/d7"), height)
+            .unwrap();
+        assert!(
+            verify_device_proof(CHAIN, env.ledger.validator_set(), &proof)
+                .unwrap()
+                .is_some()
+        );
+    }
+    let between = env.ledger.device_proof(&name("acme/between")).unwrap();
+    assert!(
+        verify_device_proof(CHAIN, env.ledger.validator_set(), &between)
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// A RocksDB ledger in `dir` and an in-memory one on the same test network,
 /// and acme's admin key.
 /// The next block after `ledger`'s head, proposed and certified, with its

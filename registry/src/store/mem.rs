@@ -1,13 +1,14 @@
 //! An in-memory ledger store (tests, simulations, ephemeral nodes).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use keyreg_consensus::certificate::CommitCertificate;
 use keyreg_consensus::codec::Canonical;
 use keyreg_consensus::crypto::Hash;
 
-use super::{check_append, LedgerStore, StoreError, TxLocation};
+use super::{check_append, LedgerStore, PruneStep, StoreError, TxLocation};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
 use crate::state::StateChanges;
@@ -15,14 +16,15 @@ use crate::tree::{MemNodeStore, Node, NodeKey, NodeReader, TreeBatch, TreeError}
 
 #[derive(Debug, Default)]
 pub struct MemLedgerStore {
-    nodes: MemNodeStore,
+    /// Behind a lock, as `meta`: pruning runs under shared access.
+    nodes: RwLock<MemNodeStore>,
     blocks: Vec<Block>,
     certificates: BTreeMap<u64, CommitCertificate>,
     txs: HashMap<Hash, TxLocation>,
     /// Behind a lock: metadata is written under shared access.
     meta: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
     genesis_hash: Option<Hash>,
-    oldest_tree_version: u64,
+    oldest_tree_version: AtomicU64,
     /// The head value index.
     head_values: HashMap<Hash, Vec<u8>>,
 }
@@ -30,13 +32,13 @@ pub struct MemLedgerStore {
 impl Clone for MemLedgerStore {
     fn clone(&self) -> Self {
         MemLedgerStore {
-            nodes: self.nodes.clone(),
+            nodes: RwLock::new(self.nodes().clone()),
             blocks: self.blocks.clone(),
             certificates: self.certificates.clone(),
             txs: self.txs.clone(),
             meta: Mutex::new(self.meta().clone()),
             genesis_hash: self.genesis_hash,
-            oldest_tree_version: self.oldest_tree_version,
+            oldest_tree_version: AtomicU64::new(self.oldest_tree_version.load(Ordering::SeqCst)),
             head_values: self.head_values.clone(),
         }
     }
@@ -56,6 +58,16 @@ impl MemLedgerStore {
         }
     }
 
+    // As for `meta`: a poisoned lock's map is whole (one insert or removal
+    // at a time).
+    fn nodes(&self) -> RwLockReadGuard<'_, MemNodeStore> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn nodes_mut(&self) -> RwLockWriteGuard<'_, MemNodeStore> {
+        self.nodes.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn meta(&self) -> MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
         // Each write is a few map operations that cannot leave the map
         // half-changed, so a poisoned lock's map is still whole.
@@ -64,13 +76,13 @@ impl MemLedgerStore {
 
     /// Number of stored tree nodes (to observe pruning).
     pub fn tree_node_count(&self) -> usize {
-        self.nodes.node_count()
+        self.nodes().node_count()
     }
 }
 
 impl NodeReader for MemLedgerStore {
     fn get_node(&self, key: &NodeKey) -> Result<Option<Node>, TreeError> {
-        self.nodes.get_node(key)
+        self.nodes().get_node(key)
     }
 }
 
@@ -110,7 +122,7 @@ impl LedgerStore for MemLedgerStore {
         if !self.blocks.is_empty() || header.height != 0 || tree.version != 0 {
             return Err(StoreError::Order("genesis into a non-empty store".into()));
         }
-        self.nodes.write_owned(tree);
+        self.nodes_mut().write_owned(tree);
         self.apply_to_head_index(state);
         self.blocks.push(Block {
             version: Block::VERSION,
@@ -154,7 +166,7 @@ impl LedgerStore for MemLedgerStore {
                 result: result.clone(),
             });
         }
-        self.nodes.write_owned(tree);
+        self.nodes_mut().write_owned(tree);
         self.certificates
             .insert(height, committed.certificate.clone());
         self.blocks.push(committed.block.clone());
@@ -176,14 +188,19 @@ impl LedgerStore for MemLedgerStore {
         Ok(self.meta().get(key).cloned())
     }
 
-    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {
-        let deleted = self.nodes.prune(oldest_kept_version);
-        self.oldest_tree_version = self.oldest_tree_version.max(oldest_kept_version);
-        Ok(deleted as u64)
+    /// All at once: memory is fast, and tests want one step.
+    fn prune_tree_step(&self, oldest_kept_version: u64) -> Result<PruneStep, StoreError> {
+        self.oldest_tree_version
+            .fetch_max(oldest_kept_version, Ordering::SeqCst);
+        let deleted = self.nodes_mut().prune(oldest_kept_version);
+        Ok(PruneStep {
+            deleted: deleted as u64,
+            done: true,
+        })
     }
 
     fn oldest_tree_version(&self) -> Result<u64, StoreError> {
-        Ok(self.oldest_tree_version)
+        Ok(self.oldest_tree_version.load(Ordering::SeqCst))
     }
 
     fn has_head_index(&self) -> bool {

@@ -178,11 +178,43 @@ pub trait LedgerStore: NodeReader {
     /// synchronous write).
     fn write_meta(&self, puts: &[(&[u8], &[u8])], deletes: &[&[u8]]) -> Result<(), StoreError>;
     fn get_meta(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
-    /// Deletes tree nodes that no version `>= oldest_kept_version` uses.
+    /// One step of deleting the tree nodes that no version
+    /// `>= oldest_kept_version` uses: at most about [`PRUNE_CHUNK`] of them,
+    /// so a caller under shared access can let writers in between steps.
+    /// From the first step on, versions below `oldest_kept_version` read as
+    /// pruned ([`oldest_tree_version`](Self::oldest_tree_version)), before
+    /// any of their nodes goes. A reader that began on such a version just
+    /// before may find a node missing: an error, never a wrong answer.
+    fn prune_tree_step(&self, oldest_kept_version: u64) -> Result<PruneStep, StoreError>;
+    /// Every step of [`prune_tree_step`](Self::prune_tree_step) at once.
     /// Returns how many nodes were deleted.
-    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError>;
+    fn prune_tree(&self, oldest_kept_version: u64) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        loop {
+            let step = self.prune_tree_step(oldest_kept_version)?;
+            deleted += step.deleted;
+            if step.done {
+                return Ok(deleted);
+            }
+        }
+    }
     /// The oldest tree version still readable (0 until pruned).
     fn oldest_tree_version(&self) -> Result<u64, StoreError>;
+}
+
+/// Stale tree nodes deleted per step of [`LedgerStore::prune_tree_step`],
+/// about: a step ends after the version that reaches it, so it holds at
+/// most one version's stale nodes more (bounds the step's memory and how
+/// long it keeps writers waiting: about 10 ms of RocksDB deletes).
+pub const PRUNE_CHUNK: usize = 10_000;
+
+/// What one [`LedgerStore::prune_tree_step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneStep {
+    /// Tree nodes deleted by this step.
+    pub deleted: u64,
+    /// Whether nothing is left to delete for that oldest kept version.
+    pub done: bool,
 }
 
 /// The checks every store makes before appending a block.

@@ -39,7 +39,9 @@ use rocksdb::{
 };
 
 use super::top_nodes::TopNodes;
-use super::{check_append, decode_stored, LedgerStore, StoreError, TxLocation};
+use super::{
+    check_append, decode_stored, LedgerStore, PruneStep, StoreError, TxLocation, PRUNE_CHUNK,
+};
 use crate::block::{Block, CommittedBlock, Header};
 use crate::execute::TxResult;
 use crate::state::StateChanges;
@@ -72,8 +74,6 @@ const NODE_META_PREFIX: &[u8] = b"node/";
 /// low load; without it, until 64 MiB). Under load memtables fill and
 /// flush far more often than this.
 pub const FLUSH_EVERY_BLOCKS: u64 = 256;
-/// Stale nodes deleted per write batch while pruning, about (bounds memory).
-const PRUNE_CHUNK: usize = 10_000;
 /// Block cache shared by every column family (data, index and filter
 /// blocks): bounds the store's read memory whatever the registry's size.
 const BLOCK_CACHE_BYTES: usize = 256 << 20;
@@ -672,47 +672,49 @@ impl LedgerStore for RocksLedgerStore {
         self.get(CF_META, &node_meta_key(key))
     }
 
-    fn prune_tree(&mut self, oldest_kept_version: u64) -> Result<u64, StoreError> {
-        let (nodes, stale) = (self.cf(CF_NODES)?, self.cf(CF_STALE)?);
-        let mut deleted = 0u64;
-        loop {
-            // Oldest first: the stale index is keyed by stale-since version.
-            // A chunk ends after the version that reaches PRUNE_CHUNK nodes,
-            // so it holds at most one block's stale nodes more than that.
+    fn prune_tree_step(&self, oldest_kept_version: u64) -> Result<PruneStep, StoreError> {
+        if oldest_kept_version > self.oldest_tree_version()? {
+            // The deletes are logged, the tree written since the last
+            // flush is not: a crash must not leave a height to execute
+            // again whose tree is already pruned. Then the versions below
+            // read as pruned before their first node goes.
+            self.flush_all(true)?;
             let mut batch = WriteBatch::default();
-            let mut chunk = 0usize;
-            let mut done = true;
-            for item in self.db.iterator_cf(stale, IteratorMode::Start) {
-                let (key, value) = item.map_err(backend)?;
-                let (since, keys) = decode_stale_entry(&key, &value)?;
-                if since > oldest_kept_version {
-                    break;
-                }
-                if chunk >= PRUNE_CHUNK {
-                    done = false;
-                    break;
-                }
-                for node in &keys {
-                    batch.delete_cf(nodes, node.to_bytes());
-                }
-                batch.delete_cf(stale, key);
-                chunk += keys.len();
-            }
-            if chunk > 0 && deleted == 0 {
-                // The deletes are logged, the tree written since the last
-                // flush is not: a crash must not leave a height to execute
-                // again whose tree is already pruned.
-                self.flush_all(true)?;
-            }
-            deleted += chunk as u64;
-            if done {
-                let oldest = self.oldest_tree_version()?.max(oldest_kept_version);
-                batch.put_cf(self.cf(CF_META)?, META_OLDEST_TREE, height_key(oldest));
-                self.write(batch)?;
-                return Ok(deleted);
-            }
+            batch.put_cf(
+                self.cf(CF_META)?,
+                META_OLDEST_TREE,
+                height_key(oldest_kept_version),
+            );
             self.write(batch)?;
         }
+        let (nodes, stale) = (self.cf(CF_NODES)?, self.cf(CF_STALE)?);
+        // Oldest first: the stale index is keyed by stale-since version.
+        let mut batch = WriteBatch::default();
+        let mut chunk = 0usize;
+        let mut done = true;
+        for item in self.db.iterator_cf(stale, IteratorMode::Start) {
+            let (key, value) = item.map_err(backend)?;
+            let (since, keys) = decode_stale_entry(&key, &value)?;
+            if since > oldest_kept_version {
+                break;
+            }
+            if chunk >= PRUNE_CHUNK {
+                done = false;
+                break;
+            }
+            for node in &keys {
+                batch.delete_cf(nodes, node.to_bytes());
+            }
+            batch.delete_cf(stale, key);
+            chunk += keys.len();
+        }
+        if chunk > 0 {
+            self.write(batch)?;
+        }
+        Ok(PruneStep {
+            deleted: chunk as u64,
+            done,
+        })
     }
 
     fn has_head_index(&self) -> bool {

@@ -274,6 +274,10 @@ fn load(
     let progress_every = ((to - from) / 10).max(DEVICES_PER_ROUND);
     let mut next_report = from + progress_every;
     let started = Instant::now();
+    // Each pruning: how long it took, the nodes it deleted, and its longest
+    // step (the node prunes in steps beside its commits; a step is what a
+    // commit may wait for).
+    let mut prunes: Vec<(Duration, u64, Duration)> = Vec::new();
     let mut next = from;
     while next < to {
         let end = (next + DEVICES_PER_ROUND).min(to);
@@ -305,7 +309,21 @@ fn load(
             };
             ledger.commit(&committed, execution)?;
             if keep_tree_versions > 0 && ledger.height().is_multiple_of(PRUNE_INTERVAL) {
-                ledger.prune(keep_tree_versions)?;
+                let oldest = ledger.oldest_to_keep(keep_tree_versions);
+                let pruning = Instant::now();
+                let (mut deleted, mut longest_step) = (0, Duration::ZERO);
+                // Ends: each step that is not done deletes stale entries at
+                // or below `oldest`, and nothing adds any there.
+                loop {
+                    let step_started = Instant::now();
+                    let step = ledger.prune_step(oldest)?;
+                    longest_step = longest_step.max(step_started.elapsed());
+                    deleted += step.deleted;
+                    if step.done {
+                        break;
+                    }
+                }
+                prunes.push((pruning.elapsed(), deleted, longest_step));
             }
         }
         next = end;
@@ -317,6 +335,23 @@ fn load(
             );
             next_report += progress_every;
         }
+    }
+    if let Some((longest, _, _)) = prunes.iter().max() {
+        let deleted: u64 = prunes.iter().map(|(_, deleted, _)| deleted).sum();
+        let took: Duration = prunes.iter().map(|(took, _, _)| *took).sum();
+        let longest_step = prunes
+            .iter()
+            .map(|(_, _, step)| *step)
+            .max()
+            .unwrap_or_default();
+        println!(
+            "  pruning: {} times, {deleted} tree nodes deleted in {:.0} ms ({:.2} us a node), the longest pruning {:.0} ms, the longest step {:.1} ms",
+            prunes.len(),
+            ms(took),
+            took.as_secs_f64() * 1e6 / deleted.max(1) as f64,
+            ms(*longest),
+            ms(longest_step),
+        );
     }
     print_column_families(ledger.store())?;
     Ok(ledger.height())

@@ -130,3 +130,30 @@ pub fn repair(ledger: &Ledger<Store>, genesis: &Genesis) -> Result<(), NodeError
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyreg_registry::testkit::{commit_next, TestNet};
+
+    #[test]
+    fn repair_takes_epoch_0_from_the_genesis_when_version_0_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let net = TestNet::new("keyreg-test", 4, &["acme"], 1);
+        let mut ledger = Ledger::open(Store::open(dir.path()).unwrap(), &net.genesis).unwrap();
+        for _ in 0..3 {
+            commit_next(&mut ledger, &net.validator_keys, Vec::new()).unwrap();
+        }
+        ledger.prune(1).unwrap();
+        assert!(matches!(
+            ledger.state_at(0),
+            Err(LedgerError::Pruned { .. })
+        ));
+        // A store written without the node has no epoch index.
+        assert_eq!(lookup(&ledger, 0).unwrap(), None);
+        repair(&ledger, &net.genesis).unwrap();
+        let (set, handover) = lookup(&ledger, 0).unwrap().unwrap();
+        assert_eq!(set, net.genesis.validator_set().unwrap());
+        assert!(handover.is_none());
+    }
+}

@@ -233,6 +233,14 @@ impl Pruning {
     }
 }
 
+/// Runs the driver's heavy synchronous work (executing a block, the
+/// synced writes) on this thread while the runtime moves its other tasks
+/// (the network, the API's connections) to another worker: they are not held
+/// up for the tens of milliseconds a full block takes.
+fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
 fn observe_since(histogram: &Histogram, started: Instant) {
     histogram.observe(started.elapsed().as_secs_f64());
 }
@@ -613,8 +621,10 @@ impl Driver {
                     let started = Instant::now();
                     // Shared access: look-ups and admission go on reading
                     // while the synced write lasts.
-                    self.safety
-                        .persist(self.shared.read_ledger().store(), state)?;
+                    block_in_place(|| {
+                        self.safety
+                            .persist(self.shared.read_ledger().store(), state)
+                    })?;
                     observe_since(&self.shared.metrics.safety_persist_seconds, started);
                 }
                 Action::Broadcast(message) => {
@@ -719,7 +729,9 @@ impl Driver {
         // that passed the stateless checks: their signatures are not
         // verified again, nor are they hashed again.
         let started = Instant::now();
-        let proposal = ledger.propose_hashed(txs, timestamp_ms, self.key.public(), |_| true);
+        let proposal = block_in_place(|| {
+            ledger.propose_hashed(txs, timestamp_ms, self.key.public(), |_| true)
+        });
         observe_since(&self.shared.metrics.block_execute_seconds, started);
         match proposal {
             Ok((block, execution)) => {
@@ -761,14 +773,15 @@ impl Driver {
             .remove(&block.hash())
             .unwrap_or_else(|| block.tx_hashes());
         let checked = std::cell::Cell::new(0u64);
-        let execution = self
-            .shared
-            .read_ledger()
-            .validate_hashed(block, tx_ids, |hash| {
-                let known = self.shared.mempool().contains(hash);
-                checked.set(checked.get() + u64::from(!known));
-                known
-            });
+        let execution = block_in_place(|| {
+            self.shared
+                .read_ledger()
+                .validate_hashed(block, tx_ids, |hash| {
+                    let known = self.shared.mempool().contains(hash);
+                    checked.set(checked.get() + u64::from(!known));
+                    known
+                })
+        });
         observe_since(&self.shared.metrics.block_execute_seconds, started);
         self.shared.metrics.checked_txs.inc_by(checked.get());
         execution
@@ -796,10 +809,11 @@ impl Driver {
         // admission are not held up by the synced write; only moving the
         // head takes the ledger exclusively. The driver is the ledger's
         // only writer, so nothing else writes between the two steps.
-        let durable = self
-            .shared
-            .read_ledger()
-            .write_commit(&committed, execution)?;
+        let durable = block_in_place(|| {
+            self.shared
+                .read_ledger()
+                .write_commit(&committed, execution)
+        })?;
         let (old_epoch, next_set) = {
             let mut ledger = self.shared.write_ledger();
             let old_epoch = ledger.validator_set().epoch;

@@ -15,8 +15,10 @@
 //! loading on.
 //!
 //! Old tree versions are pruned as the node prunes them (every
-//! `PRUNE_INTERVAL` heights), keeping `--keep-tree-versions` (default: the
-//! node's default). The bench's blocks are full (~2 000 registrations), so
+//! `PRUNE_INTERVAL` heights, in steps of about `PRUNE_CHUNK` nodes),
+//! keeping `--keep-tree-versions` (default: the node's default); each
+//! pruning is timed, and so is its longest step (what a node's commit or
+//! reader may wait for). The bench's blocks are full (~2 000 registrations), so
 //! each version holds more changed nodes than a typical block's would.
 //! Only the load skips something the node does: the registrations' signatures
 //! (signed here, one proof of possession per device and one admin signature

@@ -16,7 +16,8 @@
 //! * Pacing: the next height starts once transactions are waiting and
 //!   `min_block_interval` has passed since the previous height started,
 //!   shortened in proportion to how much of a block is waiting (half a
-//!   block's worth starts at once), except that an empty "heartbeat" block
+//!   block's worth starts at once, and so does a waiting revocation: the
+//!   urgent lane does not wait out the interval), except that an empty "heartbeat" block
 //!   is produced every `heartbeat_interval` so certified headers stay fresh
 //!   for light clients. Counting from the start, not the commit, means a
 //!   height that took longer than the interval (slow links) is followed at
@@ -123,24 +124,33 @@ struct PendingStart {
     latest: Instant,
 }
 
+/// What waits in the mempool, as pacing sees it.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    txs: usize,
+    bytes: usize,
+    /// Whether the urgent lane (revocations) holds anything.
+    urgent: bool,
+}
+
 impl PendingStart {
-    /// Whether the next height starts at `now`, with `waiting_txs`
-    /// transactions of `waiting_bytes` in the mempool.
-    fn is_due(
-        &self,
-        now: Instant,
-        min_interval: Duration,
-        waiting_txs: usize,
-        waiting_bytes: usize,
-    ) -> bool {
+    /// Whether the next height starts at `now`, with `waiting` in the
+    /// mempool.
+    fn is_due(&self, now: Instant, min_interval: Duration, waiting: Waiting) -> bool {
         // The interval is there to fill blocks at low load, not to idle
         // under load: it shrinks as the waiting transactions fill half a
-        // block, and that much waits for nobody.
-        let fill = (waiting_bytes as f64 / PACE_FULL_BYTES as f64)
-            .max(waiting_txs as f64 / PACE_FULL_TXS as f64)
-            .min(1.0);
+        // block, and that much waits for nobody; nor does a revocation,
+        // which the interval would only delay (a stolen device's key stays
+        // usable until it is committed).
+        let fill = if waiting.urgent {
+            1.0
+        } else {
+            (waiting.bytes as f64 / PACE_FULL_BYTES as f64)
+                .max(waiting.txs as f64 / PACE_FULL_TXS as f64)
+                .min(1.0)
+        };
         let wait = min_interval.mul_f64(1.0 - fill);
-        now >= self.latest || (waiting_txs > 0 && now >= self.previous_start + wait)
+        now >= self.latest || (waiting.txs > 0 && now >= self.previous_start + wait)
     }
 }
 
@@ -573,16 +583,15 @@ impl Driver {
         let Some(pending) = &self.pending_start else {
             return Ok(());
         };
-        let (waiting_txs, waiting_bytes) = {
+        let waiting = {
             let mempool = self.shared.mempool();
-            (mempool.len(), mempool.bytes())
+            Waiting {
+                txs: mempool.len(),
+                bytes: mempool.bytes(),
+                urgent: mempool.has_urgent(),
+            }
         };
-        if pending.is_due(
-            Instant::now(),
-            self.min_interval,
-            waiting_txs,
-            waiting_bytes,
-        ) {
+        if pending.is_due(Instant::now(), self.min_interval, waiting) {
             self.start_next_height().await?;
         }
         Ok(())
@@ -933,13 +942,34 @@ mod tests {
         }
     }
 
+    fn waiting(txs: usize, bytes: usize) -> Waiting {
+        Waiting {
+            txs,
+            bytes,
+            urgent: false,
+        }
+    }
+
+    #[test]
+    fn a_waiting_revocation_starts_the_next_height_at_once() {
+        let t0 = Instant::now();
+        let took = Duration::from_millis(50);
+        let pending = committed_after(t0, took);
+        let revocation = Waiting {
+            urgent: true,
+            ..waiting(1, 300)
+        };
+        assert!(!pending.is_due(t0 + took, INTERVAL, waiting(1, 300)));
+        assert!(pending.is_due(t0 + took, INTERVAL, revocation));
+    }
+
     #[test]
     fn a_height_slower_than_the_interval_is_followed_at_once() {
         let t0 = Instant::now();
         let took = Duration::from_millis(450);
         let pending = committed_after(t0, took);
         // One small transaction waiting, right at the commit.
-        assert!(pending.is_due(t0 + took, INTERVAL, 1, 300));
+        assert!(pending.is_due(t0 + took, INTERVAL, waiting(1, 300)));
     }
 
     #[test]
@@ -947,9 +977,9 @@ mod tests {
         let t0 = Instant::now();
         let took = Duration::from_millis(50);
         let pending = committed_after(t0, took);
-        assert!(!pending.is_due(t0 + took, INTERVAL, 1, 300));
-        assert!(!pending.is_due(t0 + Duration::from_millis(190), INTERVAL, 1, 300));
-        assert!(pending.is_due(t0 + INTERVAL, INTERVAL, 1, 300));
+        assert!(!pending.is_due(t0 + took, INTERVAL, waiting(1, 300)));
+        assert!(!pending.is_due(t0 + Duration::from_millis(190), INTERVAL, waiting(1, 300)));
+        assert!(pending.is_due(t0 + INTERVAL, INTERVAL, waiting(1, 300)));
     }
 
     #[test]
@@ -957,12 +987,20 @@ mod tests {
         let t0 = Instant::now();
         let took = Duration::from_millis(20);
         let pending = committed_after(t0, took);
-        assert!(pending.is_due(t0 + took, INTERVAL, 1, PACE_FULL_BYTES));
-        assert!(pending.is_due(t0 + took, INTERVAL, PACE_FULL_TXS, 0));
+        assert!(pending.is_due(t0 + took, INTERVAL, waiting(1, PACE_FULL_BYTES)));
+        assert!(pending.is_due(t0 + took, INTERVAL, waiting(PACE_FULL_TXS, 0)));
         // A quarter of half a block waits 150 ms, not 200, from the start.
         let quarter = PACE_FULL_BYTES / 4;
-        assert!(!pending.is_due(t0 + Duration::from_millis(140), INTERVAL, 1, quarter));
-        assert!(pending.is_due(t0 + Duration::from_millis(151), INTERVAL, 1, quarter));
+        assert!(!pending.is_due(
+            t0 + Duration::from_millis(140),
+            INTERVAL,
+            waiting(1, quarter)
+        ));
+        assert!(pending.is_due(
+            t0 + Duration::from_millis(151),
+            INTERVAL,
+            waiting(1, quarter)
+        ));
     }
 
     #[test]
@@ -970,7 +1008,7 @@ mod tests {
         let t0 = Instant::now();
         let took = Duration::from_millis(450);
         let pending = committed_after(t0, took);
-        assert!(!pending.is_due(t0 + took + HEARTBEAT / 2, INTERVAL, 0, 0));
-        assert!(pending.is_due(pending.latest, INTERVAL, 0, 0));
+        assert!(!pending.is_due(t0 + took + HEARTBEAT / 2, INTERVAL, waiting(0, 0)));
+        assert!(pending.is_due(pending.latest, INTERVAL, waiting(0, 0)));
     }
 }

@@ -246,7 +246,9 @@ impl Pruning {
 /// Runs the driver's heavy synchronous work (executing a block, the
 /// synced writes) on this thread while the runtime moves its other tasks
 /// (the network, the API's connections) to another worker: they are not held
-/// up for the tens of milliseconds a full block takes.
+/// up for the tens of milliseconds a full block takes. Needs tokio's
+/// multi-thread runtime (keyreg-node's, and its tests'): on a current-thread
+/// one `block_in_place` panics.
 fn block_in_place<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
 }

@@ -209,6 +209,7 @@ impl Pruning {
         }
         let (shared, stop) = (shared.clone(), self.stop.clone());
         self.task = Some(tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let mut deleted = 0;
             // Ends: a step that is not done deleted stale-index entries at
             // or below `oldest`, of which there are finitely many, and
@@ -217,7 +218,9 @@ impl Pruning {
                 match shared.read_ledger().prune_step(oldest) {
                     Ok(step) => {
                         deleted += step.deleted;
+                        shared.metrics.pruned_tree_nodes.inc_by(step.deleted);
                         if step.done {
+                            observe_since(&shared.metrics.prune_seconds, started);
                             tracing::debug!(oldest, deleted, "pruned old tree versions");
                             return;
                         }

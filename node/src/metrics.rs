@@ -78,7 +78,8 @@ pub struct Metrics {
     gossip_batches: Family<[(&'static str, &'static str); 1], Counter>,
     /// Executing a block against its parent (proposing or validating it).
     pub block_execute_seconds: Histogram,
-    /// Committing a block: its certificate check and its one atomic synced write.
+    /// Committing a block: its certificate check, its writes and moving
+    /// the head.
     pub block_commit_seconds: Histogram,
     /// The synced write of the consensus safety state before a vote leaves.
     pub safety_persist_seconds: Histogram,
@@ -87,6 +88,11 @@ pub struct Metrics {
     /// Transactions checked together in one admission round (one batch
     /// signature verification): bigger rounds verify faster per signature.
     pub admission_round_transactions: Histogram,
+    /// One pruning of old tree versions, all its steps (it runs beside the
+    /// commits; one longer than `PRUNE_INTERVAL` heights skips the next).
+    pub prune_seconds: Histogram,
+    /// Tree nodes deleted by pruning.
+    pub pruned_tree_nodes: Counter,
 }
 
 /// 1 ms to ~16 s in doublings: stage timings from a fast commit to a
@@ -114,6 +120,8 @@ impl Metrics {
         let safety_persist_seconds = seconds_histogram();
         let height_seconds = seconds_histogram();
         let admission_round_transactions = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        let prune_seconds = seconds_histogram();
+        let pruned_tree_nodes = Counter::default();
         registry.register(
             "height",
             "Height of the latest committed block",
@@ -168,7 +176,7 @@ impl Metrics {
         );
         registry.register(
             "block_commit_seconds",
-            "Committing a block (certificate check, atomic synced store write)",
+            "Committing a block (certificate check, the block's synced write and its tree and indexes' unlogged one, moving the head)",
             block_commit_seconds.clone(),
         );
         registry.register(
@@ -185,6 +193,16 @@ impl Metrics {
             "admission_round_transactions",
             "Transactions checked together in one admission round (one batch verification)",
             admission_round_transactions.clone(),
+        );
+        registry.register(
+            "prune_seconds",
+            "One pruning of old tree versions, all its steps (beside the commits)",
+            prune_seconds.clone(),
+        );
+        registry.register(
+            "pruned_tree_nodes",
+            "Tree nodes deleted by pruning old versions",
+            pruned_tree_nodes.clone(),
         );
         Metrics {
             registry: std::sync::Arc::new(registry),
@@ -204,6 +222,8 @@ impl Metrics {
             safety_persist_seconds,
             height_seconds,
             admission_round_transactions,
+            prune_seconds,
+            pruned_tree_nodes,
         }
     }
 
@@ -277,6 +297,8 @@ mod tests {
             "keyreg_block_commit_seconds_bucket{le=\"0.004\"} 1",
             "keyreg_height_seconds_count 0",
             "keyreg_admission_round_transactions_count 0",
+            "keyreg_prune_seconds_count 0",
+            "keyreg_pruned_tree_nodes_total 0",
             "keyreg_round_timeouts_total{step=\"precommit\"} 1",
             "keyreg_gossip_batches_total{verdict=\"reject\"} 1",
         ] {

@@ -821,8 +821,10 @@ impl Driver {
         let started = Instant::now();
         // The block goes to disk under shared access, so look-ups and
         // admission are not held up by the synced write; only moving the
-        // head takes the ledger exclusively. The driver is the ledger's
-        // only writer, so nothing else writes between the two steps.
+        // head takes the ledger exclusively. The driver is the only writer
+        // of blocks, so no other block is written between the two steps
+        // (a pruning step may be: it touches only versions older than the
+        // kept ones).
         let durable = block_in_place(|| {
             self.shared
                 .read_ledger()

@@ -392,7 +392,7 @@ impl<S: LedgerStore> Ledger<S> {
     /// ([`LedgerStore::write_block_durably`]). The head does not move, so
     /// readers (look-ups, admission, block sync) go on reading it while the
     /// block goes to disk. [`advance`](Self::advance) must follow before
-    /// any other write.
+    /// another block is written (pruning steps may run in between).
     pub fn write_commit(
         &self,
         committed: &CommittedBlock,

@@ -26,6 +26,10 @@
 //! values: only admission's dry runs run beside the writer, and a dry run
 //! that sees the block being committed judges by the newer state.) Only one
 //! writer (the node's driver) runs the two steps, one block at a time.
+//! Pruning steps ([`LedgerStore::prune_tree_step`]) may run between them,
+//! also under shared access: they delete only nodes of versions older than
+//! the kept ones and their stale-index entries, never the head's or the new
+//! block's.
 //!
 //! The head value index holds every state key's value at the head version,
 //! beside the tree: execution reads a record with one point read instead of
@@ -143,7 +147,8 @@ pub trait LedgerStore: NodeReader {
     /// (as far as the store is durable at all; the in-memory store only
     /// checks the append here) without moving the head. `tree`'s new nodes
     /// may be reordered. [`advance_head`](Self::advance_head) with the same
-    /// arguments must follow before any other write.
+    /// arguments must follow before another block is written (pruning
+    /// steps may run in between: see the module docs).
     fn write_block_durably(
         &self,
         committed: &CommittedBlock,
